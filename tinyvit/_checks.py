@@ -1,0 +1,90 @@
+"""Input validation shared by the public entry points.
+
+Every message names the argument, what was expected and what was given, so a
+learner sees the mistake in their own terms instead of a traceback from deep
+inside NumPy.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+
+def describe(x) -> str:
+    """A short description of a value for an error message."""
+    if isinstance(x, np.ndarray):
+        return f"array of shape {x.shape} and dtype {x.dtype}"
+    return f"{type(x).__name__} {x!r}"
+
+
+def check_array(name: str, x, *, ndim: int | None = None, kind: str | None = "f",
+                dtype=None, finite: bool = True) -> np.ndarray:
+    """Check that ``x`` is an ndarray of the expected rank and dtype.
+
+    kind: "f" floating, "i" integer (signed or unsigned), None for any.
+    dtype: an exact dtype the array must have (checked after kind).
+    finite: for floating arrays, reject NaN and inf.
+    """
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{name}: expected a NumPy array, got {describe(x)}")
+    if ndim is not None and x.ndim != ndim:
+        raise ValueError(f"{name}: expected {ndim} dimensions, got {x.ndim} (shape {x.shape})")
+    if kind == "f" and x.dtype.kind != "f":
+        raise TypeError(f"{name}: expected a floating-point array, got dtype {x.dtype}"
+                        " (convert it with .astype(np.float32), scaled to [0, 1] for images)")
+    if kind == "i" and x.dtype.kind not in "iu":
+        raise TypeError(f"{name}: expected an integer array, got dtype {x.dtype}")
+    if dtype is not None and x.dtype != np.dtype(dtype):
+        raise TypeError(f"{name}: expected dtype {np.dtype(dtype)}, got {x.dtype}"
+                        f" (convert it with .astype(np.{np.dtype(dtype)}))")
+    if finite and x.dtype.kind == "f" and not np.isfinite(x).all():
+        bad = int(np.size(x) - np.count_nonzero(np.isfinite(x)))
+        raise ValueError(f"{name}: expected finite values, got {bad} NaN or inf entries")
+    return x
+
+
+def check_int(name: str, value, *, minimum: int | None = None, maximum: int | None = None) -> int:
+    """Check an integer argument (bool is rejected) and its range."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}: expected an integer, got {describe(value)}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name}: expected an integer <= {maximum}, got {value}")
+    return int(value)
+
+
+def check_float(name: str, value, *, minimum: float | None = None, maximum: float | None = None,
+                open_min: bool = False) -> float:
+    """Check a real-number argument and its range."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected a number, got {describe(value)}")
+    value = float(value)
+    if not np.isfinite(value):
+        raise ValueError(f"{name}: expected a finite number, got {value}")
+    if minimum is not None and (value < minimum or (open_min and value == minimum)):
+        op = ">" if open_min else ">="
+        raise ValueError(f"{name}: expected a number {op} {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name}: expected a number <= {maximum}, got {value}")
+    return value
+
+
+def check_choice(name: str, value, choices) -> str:
+    """Check that ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{name}: expected one of {', '.join(repr(c) for c in choices)}, got {value!r}")
+    return value
+
+
+def check_labels(name: str, labels, num_classes: int, batch: int | None = None) -> np.ndarray:
+    """Check class labels: integer, 1-D, in [0, num_classes), matching the batch size."""
+    check_array(name, labels, ndim=1, kind="i")
+    if batch is not None and labels.shape[0] != batch:
+        raise ValueError(f"{name}: expected {batch} labels (one per image), got {labels.shape[0]}")
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        bad = labels[(labels < 0) | (labels >= num_classes)][0]
+        raise ValueError(f"{name}: expected values in [0, {num_classes - 1}], got {int(bad)}")
+    return labels

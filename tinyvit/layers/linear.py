@@ -1,0 +1,39 @@
+"""The affine layer y = x @ W + b.
+
+Used for the patch embedding, the fused qkv projection, the attention output
+projection, both MLP layers and the classifier head. W is stored (in, out), so
+the forward is a single matrix product with no transpose.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def linear_forward(x: np.ndarray, W: np.ndarray, b: np.ndarray):
+    """x (..., in), W (in, out), b (out,) -> out (..., out), cache.
+
+    Leading axes are flattened so the product is one 2-D BLAS call on
+    (rows, in) @ (in, out), the fastest shape for NumPy's matmul.
+    """
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, x.shape[-1])                      # (R, in), R = prod(lead)
+    out = x2 @ W                                         # (R, out)
+    out += b
+    return out.reshape(*lead, W.shape[1]), (x2, W, lead)
+
+
+def linear_backward(dout: np.ndarray, cache):
+    """dout (..., out) -> dx (..., in), dW (in, out), db (out,).
+
+    Reverses ``out = x @ W + b``:
+      dx = dout @ W.T          (each input feeds every output through W)
+      dW = x.T @ dout          (summed over all rows: batch and tokens)
+      db = sum of dout over rows
+    """
+    x2, W, lead = cache
+    dout2 = dout.reshape(-1, W.shape[1])                 # (R, out)
+    dx = (dout2 @ W.T).reshape(*lead, W.shape[0])        # (..., in)
+    dW = x2.T @ dout2                                    # (in, out)
+    db = dout2.sum(axis=0)                               # (out,)
+    return dx, dW, db

@@ -1,0 +1,343 @@
+"""The Vision Transformer: a config, its parameters, a forward and a backward.
+
+  images (B, H, W, C)
+    -> patchify                      (B, N, P*P*C)   N = (H/P) * (W/P)
+    -> patch embedding (linear)      (B, N, D)
+    -> prepend the CLS token         (B, T, D)       T = N + 1, CLS at position 0
+    -> add position embeddings       (B, T, D)
+    -> depth x transformer block     (B, T, D)       pre-norm attention + MLP
+    -> final layer norm              (B, T, D)
+    -> pool: CLS state or patch mean (B, D)
+    -> head (linear)                 (B, K)          logits
+
+The forward keeps one cache per stage; the backward walks the same stages in
+reverse and returns a gradient for every parameter, under the same name.
+Parameter names mirror timm's (``blocks.0.attn.qkv.W`` is timm's
+``blocks.0.attn.qkv.weight``, transposed): see ``PARAM_DOC`` below.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import numbers
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._checks import check_array, check_choice, check_int, check_labels
+from .layers import (BLOCK_PARAMS, block_backward, block_forward, cls_backward, cls_forward,
+                     layernorm_backward, layernorm_forward, linear_backward, linear_forward,
+                     patchify_backward, patchify_forward, pos_backward, pos_forward,
+                     sincos_pos_embed, softmax_cross_entropy)
+
+POOLS = ("cls", "mean")
+GELUS = ("exact", "tanh")
+POS_EMBEDS = ("learned", "sincos")
+DTYPES = ("float32", "float64")
+INIT_STD = 0.02
+
+
+@dataclass
+class ViTConfig:
+    """Everything that defines a ViT's architecture (and its initialisation seed)."""
+
+    image_size: int | tuple[int, int] = 32   # H = W, or (H, W)
+    in_channels: int = 3                     # C
+    patch_size: int = 4                      # P, must divide H and W
+    dim: int = 64                            # D, token width
+    depth: int = 4                           # number of transformer blocks
+    heads: int = 4                           # h, must divide D
+    mlp_dim: int = 128                       # M, MLP hidden width
+    num_classes: int = 10                    # K
+    pool: str = "cls"                        # "cls": CLS token's final state; "mean": mean of patch tokens
+    gelu: str = "exact"                      # "exact" (erf) or "tanh"
+    pos_embed: str = "learned"               # "learned" or "sincos" (fixed)
+    dtype: str = "float32"                   # "float32" for training, "float64" for gradient checks
+    seed: int = 0                            # initialisation seed
+
+    def __post_init__(self):
+        size = self.image_size
+        if isinstance(size, (list, tuple)):
+            if len(size) != 2:
+                raise ValueError(f"image_size: expected an int or (H, W), got {size!r}")
+            size = tuple(check_int("image_size", s, minimum=1) for s in size)
+        else:
+            s = check_int("image_size", size, minimum=1)
+            size = (s, s)
+        self.image_size = size if size[0] != size[1] else size[0]
+        for name in ("in_channels", "patch_size", "dim", "depth", "heads", "mlp_dim", "num_classes"):
+            check_int(name, getattr(self, name), minimum=1)
+        check_int("seed", self.seed, minimum=0)
+        check_choice("pool", self.pool, POOLS)
+        check_choice("gelu", self.gelu, GELUS)
+        check_choice("pos_embed", self.pos_embed, POS_EMBEDS)
+        if isinstance(self.dtype, np.dtype) or self.dtype in (np.float32, np.float64):
+            self.dtype = np.dtype(self.dtype).name
+        check_choice("dtype", self.dtype, DTYPES)
+        H, W = self.image_hw
+        P = self.patch_size
+        if H % P or W % P:
+            raise ValueError(f"patch_size: expected a divisor of the image size {H}x{W}, got {P}")
+        if self.dim % self.heads:
+            raise ValueError(f"heads: expected a divisor of dim={self.dim}, got {self.heads} "
+                             f"({self.dim} % {self.heads} = {self.dim % self.heads})")
+        if self.pos_embed == "sincos" and self.dim % 4:
+            raise ValueError(f"dim: expected a multiple of 4 with pos_embed='sincos', got {self.dim}")
+
+    @property
+    def image_hw(self) -> tuple[int, int]:
+        s = self.image_size
+        return (s, s) if isinstance(s, int) else tuple(s)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        H, W = self.image_hw
+        return H // self.patch_size, W // self.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        gh, gw = self.grid
+        return gh * gw
+
+    @property
+    def num_tokens(self) -> int:
+        return self.num_patches + 1
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.heads
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        if isinstance(d["image_size"], tuple):
+            d["image_size"] = list(d["image_size"])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ViTConfig":
+        if not isinstance(d, dict):
+            raise TypeError(f"config: expected a dict, got {type(d).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"config: unexpected keys {unknown}; expected a subset of {sorted(known)}")
+        return cls(**d)
+
+
+PARAM_DOC = """\
+name                         shape         timm name
+patch_embed.W                (P*P*C, D)    patch_embed.proj.weight (D, C, P, P), reordered
+patch_embed.b                (D,)          patch_embed.proj.bias
+cls_token                    (1, 1, D)     cls_token
+pos_embed                    (1, T, D)     pos_embed (absent with pos_embed="sincos")
+blocks.{i}.norm1.gamma/beta  (D,)          blocks.{i}.norm1.weight/bias
+blocks.{i}.attn.qkv.W/b      (D, 3D) (3D,) blocks.{i}.attn.qkv.weight.T/bias
+blocks.{i}.attn.proj.W/b     (D, D) (D,)   blocks.{i}.attn.proj.weight.T/bias
+blocks.{i}.norm2.gamma/beta  (D,)          blocks.{i}.norm2.weight/bias
+blocks.{i}.mlp.fc1.W/b       (D, M) (M,)   blocks.{i}.mlp.fc1.weight.T/bias
+blocks.{i}.mlp.fc2.W/b       (M, D) (D,)   blocks.{i}.mlp.fc2.weight.T/bias
+norm.gamma/beta              (D,)          norm.weight/bias
+head.W/b                     (D, K) (K,)   head.weight.T/bias
+"""
+
+
+def param_shapes(cfg: ViTConfig) -> dict[str, tuple[int, ...]]:
+    """The name and shape of every parameter of a model with this config, in forward order."""
+    P, C, D, M, K = cfg.patch_size, cfg.in_channels, cfg.dim, cfg.mlp_dim, cfg.num_classes
+    shapes = {"patch_embed.W": (P * P * C, D), "patch_embed.b": (D,), "cls_token": (1, 1, D)}
+    if cfg.pos_embed == "learned":
+        shapes["pos_embed"] = (1, cfg.num_tokens, D)
+    block = {"norm1.gamma": (D,), "norm1.beta": (D,), "attn.qkv.W": (D, 3 * D),
+             "attn.qkv.b": (3 * D,), "attn.proj.W": (D, D), "attn.proj.b": (D,),
+             "norm2.gamma": (D,), "norm2.beta": (D,), "mlp.fc1.W": (D, M), "mlp.fc1.b": (M,),
+             "mlp.fc2.W": (M, D), "mlp.fc2.b": (D,)}
+    assert tuple(block) == BLOCK_PARAMS
+    for i in range(cfg.depth):
+        shapes.update({f"blocks.{i}.{k}": s for k, s in block.items()})
+    shapes.update({"norm.gamma": (D,), "norm.beta": (D,), "head.W": (D, K), "head.b": (K,)})
+    return shapes
+
+
+def init_params(cfg: ViTConfig) -> dict[str, np.ndarray]:
+    """Initialise as timm does by default.
+
+    Linear weights (patch embedding, qkv, proj, fc1, fc2, head) and the position
+    embeddings: normal with std 0.02 (timm's trunc_normal_(std=.02) cuts at +-2
+    in absolute value, 100 standard deviations out, so it is a plain normal).
+    The CLS token: normal with std 1e-6, near zero. Biases zero. Layer norms:
+    gamma one, beta zero.
+    """
+    rng = np.random.default_rng(cfg.seed)
+    params = {}
+    for name, shape in param_shapes(cfg).items():
+        if name == "cls_token":
+            value = rng.standard_normal(shape) * 1e-6
+        elif name == "pos_embed" or name.endswith(".W"):
+            value = rng.standard_normal(shape) * INIT_STD
+        elif name.endswith(".gamma"):
+            value = np.ones(shape)
+        else:                                            # biases and layer-norm beta
+            value = np.zeros(shape)
+        params[name] = value.astype(cfg.dtype)
+    return params
+
+
+class ViT:
+    """A Vision Transformer whose parameters are one flat dict of named arrays.
+
+    >>> model = ViT(ViTConfig(image_size=28, in_channels=1, patch_size=7, num_classes=10))
+    >>> logits, cache = model.forward(images)          # images (B, 28, 28, 1) float32
+    >>> grads = model.backward(dlogits, cache)         # same names as model.params
+    """
+
+    def __init__(self, config: ViTConfig | None = None, params: dict | None = None):
+        if config is None:
+            config = ViTConfig()
+        if not isinstance(config, ViTConfig):
+            raise TypeError(f"config: expected a ViTConfig, got {type(config).__name__}")
+        self.config = config
+        self.params = init_params(config) if params is None else self._checked_params(params)
+        self._fixed_pos = None
+        if config.pos_embed == "sincos":
+            gh, gw = config.grid
+            self._fixed_pos = sincos_pos_embed(gh, gw, config.dim, cls_token=True, dtype=config.dtype)
+
+    def _checked_params(self, params: dict) -> dict:
+        expected = param_shapes(self.config)
+        missing = [k for k in expected if k not in params]
+        unexpected = [k for k in params if k not in expected]
+        wrong = [f"{k}: expected {expected[k]}, got {tuple(np.shape(params[k]))}"
+                 for k in expected if k in params and tuple(np.shape(params[k])) != expected[k]]
+        if missing or unexpected or wrong:
+            lines = ([f"missing: {', '.join(missing)}"] if missing else []) + \
+                    ([f"unexpected: {', '.join(unexpected)}"] if unexpected else []) + wrong
+            raise ValueError("params: do not match the config:\n  " + "\n  ".join(lines))
+        out = {}
+        for k in expected:
+            v = params[k]
+            check_array(f"params[{k!r}]", v, kind="f", dtype=self.config.dtype)
+            out[k] = v
+        return out
+
+    # --- input checks ---------------------------------------------------------
+    def _check_images(self, images):
+        cfg = self.config
+        H, W = cfg.image_hw
+        check_array("images", images, ndim=4, kind="f", finite=False)
+        if images.shape[1:] != (H, W, cfg.in_channels):
+            raise ValueError(f"images: expected shape (B, {H}, {W}, {cfg.in_channels}) (channels last), "
+                             f"got {images.shape}")
+        if images.shape[0] == 0:
+            raise ValueError("images: expected at least one image, got an empty batch")
+        check_array("images", images, kind="f", dtype=cfg.dtype, finite=True)
+
+    # --- forward and backward --------------------------------------------------
+    def forward(self, images: np.ndarray):
+        """images (B, H, W, C) -> (logits (B, K), cache). cache["attn"][i] is block i's
+        attention probabilities (B, h, T, T); row 0 is what the CLS token attends to."""
+        self._check_images(images)
+        cfg, p = self.config, self.params
+        cache = {}
+        x, cache["patchify"] = patchify_forward(images, cfg.patch_size)    # (B, N, P*P*C)
+        x, cache["embed"] = linear_forward(x, p["patch_embed.W"], p["patch_embed.b"])  # (B, N, D)
+        x, _ = cls_forward(x, p["cls_token"])                              # (B, T, D)
+        pos = p["pos_embed"] if cfg.pos_embed == "learned" else self._fixed_pos
+        x, _ = pos_forward(x, pos)                                         # (B, T, D)
+        cache["blocks"] = []
+        for i in range(cfg.depth):
+            bp = {k: p[f"blocks.{i}.{k}"] for k in BLOCK_PARAMS}
+            x, c = block_forward(x, bp, cfg.heads, cfg.gelu)               # (B, T, D)
+            cache["blocks"].append(c)
+        x, cache["norm"] = layernorm_forward(x, p["norm.gamma"], p["norm.beta"])  # (B, T, D)
+        if cfg.pool == "cls":
+            pooled = x[:, 0, :]                                            # (B, D)
+        else:
+            pooled = x[:, 1:, :].mean(axis=1)                              # (B, D)
+        logits, cache["head"] = linear_forward(pooled, p["head.W"], p["head.b"])  # (B, K)
+        cache["shape"] = x.shape
+        cache["attn"] = [c[1]["attn"] for c in cache["blocks"]]
+        return logits, cache
+
+    def backward(self, dlogits: np.ndarray, cache, input_grad: bool = False):
+        """dlogits (B, K) -> grads, a dict with the same names as ``params``.
+
+        With input_grad=True, returns (grads, dimages) where dimages (B, H, W, C)
+        is the gradient with respect to the input images.
+        """
+        cfg = self.config
+        B, T, D = cache["shape"]
+        check_array("dlogits", dlogits, ndim=2, kind="f", dtype=cfg.dtype)
+        if dlogits.shape != (B, cfg.num_classes):
+            raise ValueError(f"dlogits: expected shape {(B, cfg.num_classes)}, got {dlogits.shape}")
+        g = {}
+        dpooled, g["head.W"], g["head.b"] = linear_backward(dlogits, cache["head"])   # (B, D)
+        dx = np.zeros((B, T, D), dtype=dlogits.dtype)
+        if cfg.pool == "cls":
+            dx[:, 0, :] = dpooled                        # only the CLS token fed the head
+        else:
+            dx[:, 1:, :] = dpooled[:, None, :] / (T - 1)   # each patch token got 1/N of the mean
+        dx, g["norm.gamma"], g["norm.beta"] = layernorm_backward(dx, cache["norm"])
+        for i in reversed(range(cfg.depth)):
+            dx, gb = block_backward(dx, cache["blocks"][i])
+            for k, v in gb.items():
+                g[f"blocks.{i}.{k}"] = v
+        dx, dpos = pos_backward(dx, None)
+        if cfg.pos_embed == "learned":
+            g["pos_embed"] = dpos
+        dx, g["cls_token"] = cls_backward(dx, None)      # dcls: batch sum at position 0
+        dpatches, g["patch_embed.W"], g["patch_embed.b"] = linear_backward(dx, cache["embed"])
+        grads = {k: g[k] for k in self.params}           # forward order, as params
+        if input_grad:
+            return grads, patchify_backward(dpatches, cache["patchify"])
+        return grads
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        """Logits (B, K) for images (B, H, W, C)."""
+        return self.forward(images)[0]
+
+    def attention_maps(self, images: np.ndarray) -> list[np.ndarray]:
+        """One (B, h, T, T) array of attention probabilities per block."""
+        return self.forward(images)[1]["attn"]
+
+    def loss_and_grads(self, images, labels, label_smoothing: float = 0.0):
+        """Softmax cross-entropy on a batch: returns (loss, grads, logits)."""
+        check_labels("labels", labels, self.config.num_classes,
+                     batch=images.shape[0] if isinstance(images, np.ndarray) and images.ndim else None)
+        if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, numbers.Real) \
+                or not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing: expected a number in [0, 1), got {label_smoothing!r}")
+        logits, cache = self.forward(images)
+        loss, dlogits = softmax_cross_entropy(logits, labels, float(label_smoothing))
+        return loss, self.backward(dlogits, cache), logits
+
+    # --- description ---------------------------------------------------------------
+    def num_params(self) -> int:
+        return int(sum(v.size for v in self.params.values()))
+
+    def summary(self) -> str:
+        """A table of the parameters and of the activation shapes at each stage."""
+        cfg = self.config
+        H, W = cfg.image_hw
+        C, P, N, T, D = cfg.in_channels, cfg.patch_size, cfg.num_patches, cfg.num_tokens, cfg.dim
+        h, d, M, K = cfg.heads, cfg.head_dim, cfg.mlp_dim, cfg.num_classes
+        lines = [f"ViT: {H}x{W}x{C} images, {P}x{P} patches ({cfg.grid[0]}x{cfg.grid[1]} grid, "
+                 f"N={N}, T={T} with CLS), D={D}, depth={cfg.depth}, heads={h} (d={d}), "
+                 f"M={M}, K={K}, pool={cfg.pool}, gelu={cfg.gelu}, pos_embed={cfg.pos_embed}, "
+                 f"{cfg.dtype}", "", "Activations (B = batch):"]
+        stages = [("images", f"(B, {H}, {W}, {C})"), ("patchify", f"(B, {N}, {P * P * C})"),
+                  ("patch embedding", f"(B, {N}, {D})"), ("prepend CLS", f"(B, {T}, {D})"),
+                  ("+ position embedding", f"(B, {T}, {D})"),
+                  (f"{cfg.depth} x block: attention q/k/v", f"(B, {h}, {T}, {d}) each"),
+                  ("  attention probabilities", f"(B, {h}, {T}, {T})"),
+                  ("  MLP hidden", f"(B, {T}, {M})"), ("  block output", f"(B, {T}, {D})"),
+                  ("final layer norm", f"(B, {T}, {D})"),
+                  ("pool (" + ("CLS state" if cfg.pool == "cls" else "mean of patch tokens") + ")",
+                   f"(B, {D})"), ("head -> logits", f"(B, {K})")]
+        width = max(len(s) for s, _ in stages)
+        lines += [f"  {s:<{width}}  {shape}" for s, shape in stages]
+        lines += ["", "Parameters:"]
+        width = max(len(k) for k in self.params)
+        for k, v in self.params.items():
+            lines.append(f"  {k:<{width}}  {str(v.shape):<14} {v.size:>9,}")
+        lines.append(f"  {'total':<{width}}  {'':<14} {self.num_params():>9,}")
+        return "\n".join(lines)
