@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
 import numpy as np
@@ -25,12 +26,25 @@ def cmd_demo(args) -> int:
     return 0 if max(errors.values()) < 1e-7 else 1
 
 
+COMMAND_MODULES = ("train", "bench", "assignment")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tinyvit", description=__doc__)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     demo = sub.add_parser("demo", help="print a small model's summary and check its gradients")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=cmd_demo)
+    # Commands that live in their own modules: each module has add_command(subparsers),
+    # which adds its parser and sets func=... on it.
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"tinyvit.{name}")
+        except ModuleNotFoundError as err:
+            if err.name == f"tinyvit.{name}":
+                continue
+            raise
+        module.add_command(sub)
     return parser
 
 
