@@ -1,0 +1,697 @@
+"""Pretrained weights in and out: the original Google ViT ``.npz`` files and timm state dicts.
+
+Two layouts are read and written, exactly, in pure NumPy:
+
+* **Google** -- the ``.npz`` files of the original Vision Transformer release
+  (ViT-Ti/16, ViT-S/16, ViT-B/16, ... from github.com/google-research/vision_transformer).
+  Flax names, kernels stored (in, out), attention kernels split by head::
+
+    embedding/kernel (P, P, C, D)  embedding/bias (D,)   cls (1, 1, D)
+    Transformer/posembed_input/pos_embedding (1, T, D)
+    Transformer/encoderblock_{i}/LayerNorm_0/{scale,bias} (D,)
+    Transformer/encoderblock_{i}/MultiHeadDotProductAttention_1/{query,key,value}/kernel (D, h, d)
+    Transformer/encoderblock_{i}/MultiHeadDotProductAttention_1/{query,key,value}/bias (h, d)
+    Transformer/encoderblock_{i}/MultiHeadDotProductAttention_1/out/kernel (h, d, D), out/bias (D,)
+    Transformer/encoderblock_{i}/LayerNorm_2/{scale,bias} (D,)
+    Transformer/encoderblock_{i}/MlpBlock_3/Dense_0/kernel (D, M), bias (M,)
+    Transformer/encoderblock_{i}/MlpBlock_3/Dense_1/kernel (M, D), bias (D,)
+    Transformer/encoder_norm/{scale,bias} (D,)    head/kernel (D, K), head/bias (K,)
+
+  Some files put ``opt/target/`` in front of every name (the Flax optimizer's
+  copy of the weights). Some ImageNet-21k files carry ``pre_logits/{kernel,bias}``,
+  a Dense + tanh layer between the encoder and the head; tinyvit has no such
+  layer, so it is skipped with a warning.
+
+  Because tinyvit flattens a patch in (row, column, channel) order and stores
+  linear weights (in, out), every Google array maps by a plain reshape:
+  the (P, P, C, D) kernel is ``patch_embed.W`` (P*P*C, D) (row ``(py*P + px)*C + c``),
+  the (D, h, d) query/key/value kernels are the three (D, D) column blocks of
+  ``qkv.W`` (head j in columns j*d .. j*d + d - 1 of its block), and the
+  (h, d, D) out kernel is ``proj.W`` (D, D).
+
+* **timm** -- a ``timm`` ``VisionTransformer`` state dict saved as an ``.npz`` of
+  named arrays (torch names, Linear weights (out, in), the patch embedding a
+  Conv2d weight (D, C, P, P)). On the timm side::
+
+    import numpy as np, timm
+    m = timm.create_model("vit_tiny_patch16_224", pretrained=True)
+    np.savez("vit_ti16_timm.npz", **{k: v.numpy() for k, v in m.state_dict().items()})
+
+Loading is strict: every array of the file must be used and every parameter
+found, with the shape the inferred config asks for; otherwise one ValueError
+lists every missing key, every unexpected key and every wrong shape.
+
+What the files do not record, and the loaders therefore take as arguments:
+the pooling (``pool``, default "cls" as in both releases), the GELU form
+(``gelu``, default "exact" as timm computes it; the JAX reference code calls
+flax's ``nn.gelu``, whose default is the tanh approximation, so ``gelu="tanh"``
+follows that code to the last digit), and for timm the number of heads (a
+fused (3D, D) qkv weight does not show it; the standard widths 192/384/768/
+1024/1280 are recognised).
+
+Position embeddings are resampled bilinearly (as ``torch.nn.functional.interpolate``
+with ``mode="bilinear", align_corners=False, antialias=False``) when the image
+size asked for gives a different patch grid from the checkpoint's.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import warnings
+from collections.abc import Mapping
+
+import numpy as np
+
+from ._checks import check_choice, describe
+from .layers import sincos_pos_embed
+from .model import DTYPES, GELUS, POOLS, ViT, ViTConfig
+
+__all__ = ["load_google_vit", "save_google_vit", "load_timm", "save_timm", "load_model",
+           "detect_format", "resize_bilinear", "resample_pos_embed", "google_arrays",
+           "timm_arrays", "TIMM_HEADS"]
+
+GOOGLE_PREFIX = "opt/target/"
+GOOGLE_POS = "Transformer/posembed_input/pos_embedding"
+GOOGLE_IGNORED = ("pre_logits/kernel", "pre_logits/bias")
+_MHA = "MultiHeadDotProductAttention_1"
+
+# Heads of the standard timm / Google ViT widths (head width 64, except ViT-H: 16 x 80).
+TIMM_HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}
+
+
+# ---------------------------------------------------------------------------
+# Bilinear resampling of position embeddings
+# ---------------------------------------------------------------------------
+def _interp_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) weights of 1-D linear interpolation with half-pixel centres.
+
+    Output sample j sits at input coordinate src = (j + 0.5) * n_in / n_out - 0.5
+    (align_corners=False), clamped at 0 below; it mixes inputs floor(src) and
+    floor(src) + 1 (clamped to the last index) with weights 1 - frac and frac.
+    """
+    src = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
+    src = np.maximum(src, 0.0)
+    i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    frac = src - i0
+    A = np.zeros((n_out, n_in), dtype=np.float64)
+    rows = np.arange(n_out)
+    np.add.at(A, (rows, i0), 1.0 - frac)
+    np.add.at(A, (rows, i1), frac)                       # i1 == i0 at the edge: weights add to 1
+    return A
+
+
+def resize_bilinear(grid: np.ndarray, size) -> np.ndarray:
+    """Bilinear resize of a (h, w, D) array to (h2, w2, D), channels last.
+
+    The same numbers as ``torch.nn.functional.interpolate(x, size, mode="bilinear",
+    align_corners=False, antialias=False)`` on the (1, D, h, w) transpose:
+    separable, rows first then columns, computed in float64 and returned in the
+    input's dtype. No antialiasing when shrinking.
+    """
+    if not isinstance(grid, np.ndarray) or grid.ndim != 3:
+        raise ValueError(f"grid: expected an array of shape (h, w, D), got {describe(grid)}")
+    h2, w2 = _pair("size", size)
+    h, w, D = grid.shape
+    Ah, Aw = _interp_matrix(h, h2), _interp_matrix(w, w2)                  # (h2, h), (w2, w)
+    x = grid.astype(np.float64)
+    x = (Ah @ x.reshape(h, w * D)).reshape(h2, w, D)                       # rows
+    x = np.matmul(Aw, x)                                                   # (h2, w2, D), columns
+    return x.astype(grid.dtype)
+
+
+def resample_pos_embed(pos_embed: np.ndarray, new_grid, old_grid=None) -> np.ndarray:
+    """pos_embed (1, 1 + gh*gw, D) -> (1, 1 + gh2*gw2, D).
+
+    The CLS position is kept as it is; the patch positions, laid out row by row
+    on the (gh, gw) grid, are resized bilinearly to (gh2, gw2). old_grid defaults
+    to the square grid that fits the number of patches.
+    """
+    if not isinstance(pos_embed, np.ndarray) or pos_embed.ndim != 3 or pos_embed.shape[0] != 1 \
+            or pos_embed.shape[1] < 2:
+        raise ValueError(f"pos_embed: expected shape (1, T, D) with T >= 2, got {describe(pos_embed)}")
+    N, D = pos_embed.shape[1] - 1, pos_embed.shape[2]
+    gh, gw = _square_grid("pos_embed", N) if old_grid is None else _pair("old_grid", old_grid)
+    if gh * gw != N:
+        raise ValueError(f"old_grid: expected gh * gw = {N} (the patch positions in pos_embed), "
+                         f"got {gh}x{gw} = {gh * gw}")
+    gh2, gw2 = _pair("new_grid", new_grid)
+    if (gh2, gw2) == (gh, gw):
+        return pos_embed.copy()
+    patches = resize_bilinear(pos_embed[0, 1:].reshape(gh, gw, D), (gh2, gw2))   # (gh2, gw2, D)
+    return np.concatenate([pos_embed[:, :1], patches.reshape(1, gh2 * gw2, D)], axis=1)
+
+
+def _pair(name, value) -> tuple[int, int]:
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        a, b = value
+    else:
+        a = b = value
+    for v in (a, b):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"{name}: expected a positive int or a pair (h, w), got {value!r}")
+    return int(a), int(b)
+
+
+def _square_grid(name, n: int) -> tuple[int, int]:
+    g = math.isqrt(n)
+    if g * g != n:
+        raise ValueError(f"{name}: holds {n} patch positions, not a square grid; pass the image "
+                         "size the checkpoint was made for as image_size=(H, W) or "
+                         "checkpoint_grid=(gh, gw)")
+    return g, g
+
+
+# ---------------------------------------------------------------------------
+# Reading a file, checking a layout
+# ---------------------------------------------------------------------------
+def _read_arrays(path_or_dict, what: str) -> dict[str, np.ndarray]:
+    """A dict name -> ndarray from an .npz path or a mapping of arrays."""
+    if isinstance(path_or_dict, Mapping):
+        items = dict(path_or_dict)
+    elif isinstance(path_or_dict, (str, os.PathLike)):
+        path = os.fspath(path_or_dict)
+        try:
+            loaded = np.load(path, allow_pickle=False)
+        except ValueError as err:                          # pickled or unreadable content
+            raise ValueError(f"path: expected an .npz archive of named arrays, got {path!r} "
+                             f"which NumPy cannot read without pickle ({err})") from None
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise ValueError(f"path: expected an .npz archive of named arrays, got a single "
+                             f"array in {path!r}")
+        with loaded:
+            items = {}
+            for k in loaded.files:
+                try:
+                    items[k] = loaded[k]
+                except ValueError as err:                  # an object array inside the archive
+                    raise ValueError(f"{path}: array {k!r} cannot be read without pickle ({err})") \
+                        from None
+    else:
+        raise TypeError(f"{what}: expected a path to an .npz file or a dict of arrays, "
+                        f"got {describe(path_or_dict)}")
+    out = {}
+    for k, v in items.items():
+        if not isinstance(k, str):
+            raise TypeError(f"{what}: expected string keys, got {describe(k)}")
+        v = np.asarray(v)
+        if v.dtype.kind != "f":
+            raise TypeError(f"{what}[{k!r}]: expected a floating-point array, got dtype {v.dtype}")
+        out[k] = v
+    return out
+
+
+def _check_layout(arrays: dict, expected: dict, fmt: str, show=lambda k: k):
+    """Raise one ValueError naming every missing key, unexpected key and wrong shape."""
+    missing = [show(k) for k in expected if k not in arrays]
+    unexpected = [show(k) for k in arrays if k not in expected]
+    wrong = [f"{show(k)}: expected shape {expected[k]}, got {arrays[k].shape}"
+             for k in expected if k in arrays and tuple(arrays[k].shape) != tuple(expected[k])]
+    if missing or unexpected or wrong:
+        lines = []
+        if missing:
+            lines.append(f"missing keys ({len(missing)}): " + ", ".join(missing))
+        if unexpected:
+            lines.append(f"unexpected keys ({len(unexpected)}): " + ", ".join(unexpected))
+        if wrong:
+            lines.append(f"wrong shapes ({len(wrong)}):")
+            lines += ["  " + w for w in wrong]
+        raise ValueError(f"{fmt} checkpoint does not match the layout of the config inferred "
+                         "from it:\n  " + "\n  ".join(lines))
+
+
+def _block_indices(keys, head: str, sep: str) -> list[int]:
+    """Block numbers i found in keys that start with head + str(i) + sep."""
+    found = set()
+    for k in keys:
+        if k.startswith(head):
+            num = k[len(head):].split(sep, 1)[0]
+            if num.isdigit():
+                found.add(int(num))
+    return sorted(found)
+
+
+def _need(arrays, keys, fmt, show=lambda k: k):
+    """The arrays the config is inferred from: all present, or one error naming the absent ones."""
+    absent = [show(k) for k in keys if k not in arrays]
+    if absent:
+        raise ValueError(f"{fmt} checkpoint: cannot infer the model config, missing keys: "
+                         + ", ".join(absent))
+
+
+def _either(arrays, first, second):
+    """first if the file has it, else second (inference prefers a 1-D bias: its length is
+    the width, whatever the orientation of the matching weight)."""
+    return first if first in arrays else second
+
+
+def _grids(T: int, P: int, image_size, checkpoint_grid):
+    """(checkpoint grid, requested grid, requested image size) for a pos-embed with T tokens."""
+    N = T - 1
+    want = None if image_size is None else _pair("image_size", image_size)
+    want_grid = None
+    if want is not None:
+        if want[0] % P or want[1] % P:
+            raise ValueError(f"image_size: expected multiples of the patch size {P}, got "
+                             f"{want[0]}x{want[1]}")
+        want_grid = (want[0] // P, want[1] // P)
+    if checkpoint_grid is not None:
+        src = _pair("checkpoint_grid", checkpoint_grid)
+        if src[0] * src[1] != N:
+            raise ValueError(f"checkpoint_grid: expected gh * gw = {N} (the checkpoint's patch "
+                             f"positions), got {src[0]}x{src[1]}")
+    elif want_grid is not None and want_grid[0] * want_grid[1] == N:
+        src = want_grid                    # the grid asked for has as many patches: take it as is
+    else:
+        src = _square_grid("pos_embedding", N)
+    grid = src if want_grid is None else want_grid
+    return src, grid, (grid[0] * P, grid[1] * P)
+
+
+def _positions(pos, src, grid, pos_embed, dim, fmt, notes):
+    """The checkpoint's (1, T, D) position embedding, fitted to the new grid -> (value or None)."""
+    if pos_embed == "sincos":
+        table = sincos_pos_embed(src[0], src[1], dim, cls_token=True, dtype=np.float64)
+        err = float(np.abs(pos.astype(np.float64) - table).max())
+        if err > 1e-5:
+            raise ValueError(f"pos_embed: expected the checkpoint's position embedding to be the "
+                             f"fixed sin-cos table for pos_embed='sincos', but it differs by up "
+                             f"to {err:.3g}; load it with pos_embed='learned'")
+        return None
+    if src != tuple(grid):
+        notes.append(f"position embeddings resampled bilinearly from a {src[0]}x{src[1]} grid "
+                     f"to {grid[0]}x{grid[1]}")
+        return resample_pos_embed(pos, grid, src)
+    return pos
+
+
+def _make_model(cfg_kw, params, dtype):
+    cfg = ViTConfig(**cfg_kw, dtype=dtype)
+    params = {k: np.ascontiguousarray(v, dtype=dtype) for k, v in params.items()}
+    return ViT(cfg, params)
+
+
+def _check_options(pool, gelu, pos_embed, dtype):
+    check_choice("pool", pool, POOLS)
+    check_choice("gelu", gelu, GELUS)
+    check_choice("pos_embed", pos_embed, ("learned", "sincos"))
+    check_choice("dtype", np.dtype(dtype).name if dtype in (np.float32, np.float64) else dtype,
+                 DTYPES)
+    return np.dtype(dtype).name
+
+
+def _save_npz(arrays: dict, path) -> None:
+    """Write arrays to path atomically: a temporary file in the same directory, then rename."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _model_arrays(model):
+    if not isinstance(model, ViT):
+        raise TypeError(f"model: expected a tinyvit ViT, got {describe(model)}")
+    cfg, p = model.config, model.params
+    pos = p["pos_embed"] if cfg.pos_embed == "learned" else model._fixed_pos
+    return cfg, p, pos
+
+
+# ---------------------------------------------------------------------------
+# Google layout
+# ---------------------------------------------------------------------------
+def _google_shapes(D, h, M, K, P, C, depth, T) -> dict[str, tuple]:
+    d = D // h
+    s = {"embedding/kernel": (P, P, C, D), "embedding/bias": (D,), "cls": (1, 1, D),
+         GOOGLE_POS: (1, T, D)}
+    for i in range(depth):
+        b, a = f"Transformer/encoderblock_{i}/", f"Transformer/encoderblock_{i}/{_MHA}/"
+        s.update({b + "LayerNorm_0/scale": (D,), b + "LayerNorm_0/bias": (D,)})
+        for n in ("query", "key", "value"):
+            s.update({a + n + "/kernel": (D, h, d), a + n + "/bias": (h, d)})
+        s.update({a + "out/kernel": (h, d, D), a + "out/bias": (D,),
+                  b + "LayerNorm_2/scale": (D,), b + "LayerNorm_2/bias": (D,),
+                  b + "MlpBlock_3/Dense_0/kernel": (D, M), b + "MlpBlock_3/Dense_0/bias": (M,),
+                  b + "MlpBlock_3/Dense_1/kernel": (M, D), b + "MlpBlock_3/Dense_1/bias": (D,)})
+    s.update({"Transformer/encoder_norm/scale": (D,), "Transformer/encoder_norm/bias": (D,),
+              "head/kernel": (D, K), "head/bias": (K,)})
+    return s
+
+
+def google_arrays(model: ViT) -> dict[str, np.ndarray]:
+    """A tinyvit model's parameters as a dict in the Google layout (no prefix).
+
+    patch_embed.W (P*P*C, D) -> embedding/kernel (P, P, C, D); qkv.W (D, 3D) ->
+    query/key/value kernels (D, h, d); proj.W (D, D) -> out/kernel (h, d, D);
+    fc1/fc2 -> MlpBlock_3/Dense_0/Dense_1; norms -> scale/bias. A sin-cos model
+    writes its fixed table as the position embedding.
+    """
+    cfg, p, pos = _model_arrays(model)
+    P, C, D, h, d = cfg.patch_size, cfg.in_channels, cfg.dim, cfg.heads, cfg.head_dim
+    out = {"embedding/kernel": p["patch_embed.W"].reshape(P, P, C, D),
+           "embedding/bias": p["patch_embed.b"], "cls": p["cls_token"], GOOGLE_POS: pos}
+    for i in range(cfg.depth):
+        t, b = f"blocks.{i}.", f"Transformer/encoderblock_{i}/"
+        a = b + _MHA + "/"
+        out[b + "LayerNorm_0/scale"], out[b + "LayerNorm_0/bias"] = p[t + "norm1.gamma"], p[t + "norm1.beta"]
+        W, bias = p[t + "attn.qkv.W"], p[t + "attn.qkv.b"]           # (D, 3D), (3D,)
+        for j, n in enumerate(("query", "key", "value")):
+            out[a + n + "/kernel"] = W[:, j * D:(j + 1) * D].reshape(D, h, d)
+            out[a + n + "/bias"] = bias[j * D:(j + 1) * D].reshape(h, d)
+        out[a + "out/kernel"] = p[t + "attn.proj.W"].reshape(h, d, D)
+        out[a + "out/bias"] = p[t + "attn.proj.b"]
+        out[b + "LayerNorm_2/scale"], out[b + "LayerNorm_2/bias"] = p[t + "norm2.gamma"], p[t + "norm2.beta"]
+        out[b + "MlpBlock_3/Dense_0/kernel"], out[b + "MlpBlock_3/Dense_0/bias"] = p[t + "mlp.fc1.W"], p[t + "mlp.fc1.b"]
+        out[b + "MlpBlock_3/Dense_1/kernel"], out[b + "MlpBlock_3/Dense_1/bias"] = p[t + "mlp.fc2.W"], p[t + "mlp.fc2.b"]
+    out["Transformer/encoder_norm/scale"] = p["norm.gamma"]
+    out["Transformer/encoder_norm/bias"] = p["norm.beta"]
+    out["head/kernel"], out["head/bias"] = p["head.W"], p["head.b"]
+    return {k: np.ascontiguousarray(v) for k, v in out.items()}
+
+
+def save_google_vit(model: ViT, path) -> None:
+    """Write a tinyvit model as a Google ViT ``.npz`` (the layout ``load_google_vit`` reads).
+
+    Written atomically (temporary file + rename), in the model's dtype, without
+    the ``opt/target/`` prefix. The layout has no field for the pooling or the
+    GELU form: a pool="mean" model must be loaded back with pool="mean".
+    """
+    _save_npz(google_arrays(model), path)
+
+
+def _load_google(path_or_dict, image_size=None, *, pool="cls", gelu="exact", dtype="float32",
+                 pos_embed="learned", checkpoint_grid=None):
+    dtype = _check_options(pool, gelu, pos_embed, dtype)
+    raw = _read_arrays(path_or_dict, "checkpoint")
+    fmt = "Google ViT"
+    prefix = GOOGLE_PREFIX if any(k.startswith(GOOGLE_PREFIX) for k in raw) else ""
+    notes, ignored = [], []
+    arrays = {}
+    for k, v in raw.items():
+        if prefix and not k.startswith(prefix):
+            if k.startswith("opt/"):                        # optimizer state beside the weights
+                ignored.append(k)
+                continue
+            arrays["\0" + k] = v                            # reported as unexpected, unprefixed
+            continue
+        name = k[len(prefix):]
+        if name in GOOGLE_IGNORED:
+            ignored.append(k)
+            continue
+        arrays[name] = v
+    show = lambda k: k[1:] if k.startswith("\0") else prefix + k
+    if any(k.startswith(prefix + "pre_logits/") for k in ignored):
+        msg = ("pre_logits (a Dense + tanh layer between the encoder and the head in some "
+               "ImageNet-21k checkpoints) ignored: tinyvit has no such layer, so the head reads "
+               "the encoder output directly and its logits differ from the original model's")
+        notes.append(msg)
+        warnings.warn(msg, stacklevel=3)
+    if any(k.startswith("opt/") and not k.startswith(GOOGLE_PREFIX) for k in ignored):
+        notes.append("optimizer state (opt/... outside opt/target/) ignored")
+
+    blk0 = "Transformer/encoderblock_0/"
+    need = ["embedding/kernel", blk0 + _MHA + "/query/kernel",
+            _either(arrays, blk0 + "MlpBlock_3/Dense_0/bias", blk0 + "MlpBlock_3/Dense_0/kernel"),
+            _either(arrays, "head/bias", "head/kernel"), GOOGLE_POS]
+    _need(arrays, need, fmt, show)
+    kern = arrays["embedding/kernel"]
+    if kern.ndim != 4 or kern.shape[0] != kern.shape[1]:
+        raise ValueError(f"{show('embedding/kernel')}: expected shape (P, P, C, D), got {kern.shape}")
+    P, _, C, D = kern.shape
+    q = arrays[need[1]]
+    if q.ndim != 3:
+        raise ValueError(f"{show(need[1])}: expected shape (D, h, d), got {q.shape}")
+    h = q.shape[1]
+    M, K = arrays[need[2]].shape[-1], arrays[need[3]].shape[-1]   # the bias when there is one
+    pos = arrays[GOOGLE_POS]
+    if pos.ndim != 3 or pos.shape[1] < 2:
+        raise ValueError(f"{show(GOOGLE_POS)}: expected shape (1, T, D), got {pos.shape}")
+    T = pos.shape[1]
+    depth = max(_block_indices(arrays, "Transformer/encoderblock_", "/")) + 1
+    if D % h:
+        raise ValueError(f"{show(need[1])}: expected (D, h, d) with h * d = D = {D}, got {q.shape}")
+    _check_layout(arrays, _google_shapes(D, h, M, K, P, C, depth, T), fmt, show)
+
+    src, grid, size = _grids(T, P, image_size, checkpoint_grid)
+    pos = _positions(pos, src, grid, pos_embed, D, fmt, notes)
+    a = arrays
+    p = {"patch_embed.W": a["embedding/kernel"].reshape(P * P * C, D),      # row (py*P+px)*C + c
+         "patch_embed.b": a["embedding/bias"], "cls_token": a["cls"]}
+    if pos is not None:
+        p["pos_embed"] = pos
+    for i in range(depth):
+        t, b = f"blocks.{i}.", f"Transformer/encoderblock_{i}/"
+        m = b + _MHA + "/"
+        p[t + "norm1.gamma"], p[t + "norm1.beta"] = a[b + "LayerNorm_0/scale"], a[b + "LayerNorm_0/bias"]
+        # (D, h, d) -> (D, h*d): head j in columns j*d .. j*d+d-1, then [q | k | v]
+        p[t + "attn.qkv.W"] = np.concatenate([a[m + n + "/kernel"].reshape(D, D)
+                                              for n in ("query", "key", "value")], axis=1)
+        p[t + "attn.qkv.b"] = np.concatenate([a[m + n + "/bias"].reshape(D)
+                                              for n in ("query", "key", "value")])
+        p[t + "attn.proj.W"] = a[m + "out/kernel"].reshape(D, D)           # (h, d, D) -> (h*d, D)
+        p[t + "attn.proj.b"] = a[m + "out/bias"]
+        p[t + "norm2.gamma"], p[t + "norm2.beta"] = a[b + "LayerNorm_2/scale"], a[b + "LayerNorm_2/bias"]
+        p[t + "mlp.fc1.W"], p[t + "mlp.fc1.b"] = a[b + "MlpBlock_3/Dense_0/kernel"], a[b + "MlpBlock_3/Dense_0/bias"]
+        p[t + "mlp.fc2.W"], p[t + "mlp.fc2.b"] = a[b + "MlpBlock_3/Dense_1/kernel"], a[b + "MlpBlock_3/Dense_1/bias"]
+    p["norm.gamma"], p["norm.beta"] = a["Transformer/encoder_norm/scale"], a["Transformer/encoder_norm/bias"]
+    p["head.W"], p["head.b"] = a["head/kernel"], a["head/bias"]
+    cfg_kw = dict(image_size=size, in_channels=C, patch_size=P, dim=D, depth=depth, heads=h,
+                  mlp_dim=M, num_classes=K, pool=pool, gelu=gelu, pos_embed=pos_embed)
+    model = _make_model(cfg_kw, p, dtype)
+    info = {"format": "google", "prefix": prefix, "ignored": ignored, "notes": notes,
+            "checkpoint_grid": src}
+    return model, info
+
+
+def load_google_vit(path_or_dict, image_size=None, *, pool: str = "cls", gelu: str = "exact",
+                    dtype: str = "float32", pos_embed: str = "learned",
+                    checkpoint_grid=None) -> ViT:
+    """Read a Google ViT ``.npz`` (or a dict of its arrays) into a tinyvit ``ViT``.
+
+    The config is read off the arrays: P, C, D from ``embedding/kernel`` (P, P, C, D),
+    the depth from the ``encoderblock_{i}`` present, h from a query kernel (D, h, d),
+    M from ``Dense_0`` (D, M), K from ``head/kernel`` (D, K), and the patch grid
+    from the position embedding (1, T, D): T - 1 = gh * gw, square unless the
+    grid of ``image_size`` (or ``checkpoint_grid``) has T - 1 patches.
+
+    image_size: int or (H, W); None keeps the checkpoint's. When its grid differs,
+        the position embeddings are resampled bilinearly (the CLS position kept).
+    pool, gelu: not recorded in the file. Defaults "cls" (the release's
+        classifier="token") and "exact" (timm's; "tanh" is what the JAX code computes).
+    dtype: "float32" (default) or "float64"; the arrays are converted to it.
+    pos_embed: "learned" (default), or "sincos" to drop a position embedding that
+        is the fixed sin-cos table (checked to 1e-5), as ``save_google_vit`` writes
+        for a sin-cos model.
+    checkpoint_grid: (gh, gw) of the checkpoint, for non-square grids.
+
+    ``opt/target/`` prefixes are removed; ``pre_logits`` is skipped with a warning.
+    Any missing key, unexpected key or wrong shape: one ValueError listing them all.
+    """
+    return _load_google(path_or_dict, image_size, pool=pool, gelu=gelu, dtype=dtype,
+                        pos_embed=pos_embed, checkpoint_grid=checkpoint_grid)[0]
+
+
+# ---------------------------------------------------------------------------
+# timm layout
+# ---------------------------------------------------------------------------
+def _timm_shapes(D, M, K, P, C, depth, T) -> dict[str, tuple]:
+    s = {"cls_token": (1, 1, D), "pos_embed": (1, T, D), "patch_embed.proj.weight": (D, C, P, P),
+         "patch_embed.proj.bias": (D,)}
+    for i in range(depth):
+        b = f"blocks.{i}."
+        s.update({b + "norm1.weight": (D,), b + "norm1.bias": (D,),
+                  b + "attn.qkv.weight": (3 * D, D), b + "attn.qkv.bias": (3 * D,),
+                  b + "attn.proj.weight": (D, D), b + "attn.proj.bias": (D,),
+                  b + "norm2.weight": (D,), b + "norm2.bias": (D,),
+                  b + "mlp.fc1.weight": (M, D), b + "mlp.fc1.bias": (M,),
+                  b + "mlp.fc2.weight": (D, M), b + "mlp.fc2.bias": (D,)})
+    s.update({"norm.weight": (D,), "norm.bias": (D,), "head.weight": (K, D), "head.bias": (K,)})
+    return s
+
+
+def timm_arrays(model: ViT) -> dict[str, np.ndarray]:
+    """A tinyvit model's parameters as a timm VisionTransformer state dict (NumPy arrays).
+
+    Linear weights are transposed to torch's (out, in); patch_embed.W (P*P*C, D)
+    becomes the Conv2d weight (D, C, P, P). A sin-cos model writes its fixed
+    table as ``pos_embed``.
+    """
+    cfg, p, pos = _model_arrays(model)
+    P, C, D = cfg.patch_size, cfg.in_channels, cfg.dim
+    out = {"cls_token": p["cls_token"], "pos_embed": pos,
+           # (P*P*C, D) -> (P, P, C, D) -> (D, C, P, P)
+           "patch_embed.proj.weight": p["patch_embed.W"].reshape(P, P, C, D).transpose(3, 2, 0, 1),
+           "patch_embed.proj.bias": p["patch_embed.b"]}
+    for i in range(cfg.depth):
+        t = f"blocks.{i}."
+        for ours, theirs in (("norm1", "norm1"), ("norm2", "norm2")):
+            out[t + theirs + ".weight"], out[t + theirs + ".bias"] = p[t + ours + ".gamma"], p[t + ours + ".beta"]
+        for name in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"):
+            out[t + name + ".weight"], out[t + name + ".bias"] = p[t + name + ".W"].T, p[t + name + ".b"]
+    out["norm.weight"], out["norm.bias"] = p["norm.gamma"], p["norm.beta"]
+    out["head.weight"], out["head.bias"] = p["head.W"].T, p["head.b"]
+    order = list(_timm_shapes(D, cfg.mlp_dim, cfg.num_classes, P, C, cfg.depth, cfg.num_tokens))
+    return {k: np.ascontiguousarray(out[k]) for k in order}
+
+
+def save_timm(model: ViT, path) -> None:
+    """Write a tinyvit model as a timm VisionTransformer state dict in an ``.npz``.
+
+    Written atomically, in the model's dtype. On the timm side, load it into
+    ``timm.create_model(..., img_size=H (or (H, W)), patch_size=P, in_chans=C,
+    embed_dim=D, depth=depth, num_heads=h, mlp_ratio=M/D, num_classes=K)``
+    with ``load_state_dict({k: torch.from_numpy(v) for k, v in np.load(path).items()})``.
+    pool="mean": create it with ``global_pool="avg", fc_norm=False, class_token=True``
+    (tinyvit normalises every token, then averages the patch tokens, which is what
+    timm's ``norm`` before an "avg" pool does). gelu="tanh": ``act_layer="gelu_tanh"``.
+    """
+    _save_npz(timm_arrays(model), path)
+
+
+_FC_NORM_MSG = (
+    "fc_norm.weight, fc_norm.bias: this timm model averages the patch tokens first and then "
+    "applies a layer norm (global_pool='avg' with fc_norm); tinyvit applies its final layer norm "
+    "to every token and then averages, LN(mean(x)) != mean(LN(x)), so these weights cannot be "
+    "loaded exactly. Files written by tinyvit's save_timm for pool='mean' use 'norm' instead "
+    "(timm side: global_pool='avg', fc_norm=False, class_token=True).")
+
+
+def _load_timm(path_or_dict, image_size=None, *, heads=None, pool="cls", gelu="exact",
+               dtype="float32", pos_embed="learned", checkpoint_grid=None):
+    dtype = _check_options(pool, gelu, pos_embed, dtype)
+    a = _read_arrays(path_or_dict, "state_dict")
+    fmt = "timm"
+    fc = [k for k in a if k.startswith("fc_norm.")]
+    if fc:
+        raise ValueError(_FC_NORM_MSG)
+    need = ["patch_embed.proj.weight", _either(a, "blocks.0.mlp.fc1.bias", "blocks.0.mlp.fc1.weight"),
+            _either(a, "head.bias", "head.weight"), "pos_embed"]
+    _need(a, need, fmt)
+    w = a["patch_embed.proj.weight"]
+    if w.ndim != 4 or w.shape[2] != w.shape[3]:
+        raise ValueError(f"patch_embed.proj.weight: expected shape (D, C, P, P), got {w.shape}")
+    D, C, P, _ = w.shape
+    M, K = a[need[1]].shape[0], a[need[2]].shape[0]     # from the bias when there is one
+    pos = a["pos_embed"]
+    if pos.ndim != 3 or pos.shape[1] < 2:
+        raise ValueError(f"pos_embed: expected shape (1, T, D), got {pos.shape}")
+    T = pos.shape[1]
+    depth = max(_block_indices(a, "blocks.", ".")) + 1
+    _check_layout(a, _timm_shapes(D, M, K, P, C, depth, T), fmt)
+    notes = []
+    if heads is None:
+        if D not in TIMM_HEADS:
+            raise ValueError(f"heads: a timm state dict does not record the number of heads "
+                             f"(qkv.weight is (3D, D)) and D={D} is not a standard ViT width "
+                             f"({', '.join(f'{k}->{v}' for k, v in TIMM_HEADS.items())}); pass heads=...")
+        heads = TIMM_HEADS[D]
+        notes.append(f"heads={heads} taken from the standard ViT of width D={D} "
+                     "(the file does not record it)")
+    if isinstance(heads, bool) or not isinstance(heads, (int, np.integer)) or heads < 1 or D % heads:
+        raise ValueError(f"heads: expected a positive divisor of D={D}, got {heads!r}")
+
+    src, grid, size = _grids(T, P, image_size, checkpoint_grid)
+    pos = _positions(pos, src, grid, pos_embed, D, fmt, notes)
+    p = {"patch_embed.W": w.transpose(2, 3, 1, 0).reshape(P * P * C, D),   # (D,C,P,P) -> (P,P,C,D)
+         "patch_embed.b": a["patch_embed.proj.bias"], "cls_token": a["cls_token"]}
+    if pos is not None:
+        p["pos_embed"] = pos
+    for i in range(depth):
+        t = f"blocks.{i}."
+        for n in ("norm1", "norm2"):
+            p[t + n + ".gamma"], p[t + n + ".beta"] = a[t + n + ".weight"], a[t + n + ".bias"]
+        for n in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"):
+            p[t + n + ".W"], p[t + n + ".b"] = a[t + n + ".weight"].T, a[t + n + ".bias"]
+    p["norm.gamma"], p["norm.beta"] = a["norm.weight"], a["norm.bias"]
+    p["head.W"], p["head.b"] = a["head.weight"].T, a["head.bias"]
+    cfg_kw = dict(image_size=size, in_channels=C, patch_size=P, dim=D, depth=depth, heads=int(heads),
+                  mlp_dim=M, num_classes=K, pool=pool, gelu=gelu, pos_embed=pos_embed)
+    model = _make_model(cfg_kw, p, dtype)
+    return model, {"format": "timm", "ignored": [], "notes": notes, "checkpoint_grid": src}
+
+
+def load_timm(path_or_dict, image_size=None, *, heads: int | None = None, pool: str = "cls",
+              gelu: str = "exact", dtype: str = "float32", pos_embed: str = "learned",
+              checkpoint_grid=None) -> ViT:
+    """Read a timm VisionTransformer state dict (an ``.npz`` of named arrays, or a dict) into a ViT.
+
+    P, C, D from ``patch_embed.proj.weight`` (D, C, P, P), M from ``fc1.weight``
+    (M, D), K from ``head.weight`` (K, D), depth from the ``blocks.{i}`` present,
+    the grid from ``pos_embed`` (1, T, D) as in ``load_google_vit``.
+
+    heads: not in the file; None recognises the standard widths in ``TIMM_HEADS``
+        (192 -> 3, 384 -> 6, 768 -> 12, 1024 -> 16, 1280 -> 16) and otherwise asks for it.
+    pool: "cls" (timm's global_pool="token", the default) or "mean" for a file
+        written by ``save_timm`` from a pool="mean" model. Files with ``fc_norm``
+        (timm's global_pool="avg" default) are refused with an explanation:
+        normalise-then-average (tinyvit) and average-then-normalise (timm's
+        fc_norm) are different functions.
+    Other arguments as in ``load_google_vit``. Strict: any missing key,
+    unexpected key (e.g. ``reg_token``, ``ls1.gamma``, ``norm_pre``) or wrong shape
+    gives one ValueError listing them all.
+    """
+    return _load_timm(path_or_dict, image_size, heads=heads, pool=pool, gelu=gelu, dtype=dtype,
+                      pos_embed=pos_embed, checkpoint_grid=checkpoint_grid)[0]
+
+
+# ---------------------------------------------------------------------------
+# Auto-detection, for the CLI and the plots
+# ---------------------------------------------------------------------------
+def detect_format(keys) -> str:
+    """'google', 'timm' or 'tinyvit' from the array names of a file; ValueError otherwise."""
+    keys = list(keys)
+    names = {k[len(GOOGLE_PREFIX):] if k.startswith(GOOGLE_PREFIX) else k for k in keys}
+    if "embedding/kernel" in names or any(k.startswith("Transformer/") for k in names):
+        return "google"
+    if "patch_embed.proj.weight" in names or "blocks.0.attn.qkv.weight" in names:
+        return "timm"
+    if "patch_embed.W" in names or any(k.endswith(".attn.qkv.W") for k in names):
+        return "tinyvit"
+    shown = ", ".join(sorted(keys)[:6]) + (", ..." if len(keys) > 6 else "")
+    raise ValueError("path: expected a Google ViT .npz (embedding/kernel, Transformer/...) or a "
+                     f"timm state dict (patch_embed.proj.weight, blocks.0...), got keys: {shown or 'none'}")
+
+
+def load_model(path, image_size=None, *, heads: int | None = None, pool: str = "cls",
+               gelu: str = "exact", dtype: str = "float32"):
+    """Load a Google ViT ``.npz`` or a timm state dict ``.npz``, whichever ``path`` holds.
+
+    Returns (model, info) where info has:
+      "format": "google" or "timm"
+      "class_names": the 1000 ImageNet names (list of str) when K == 1000, else None
+      "preprocess": {"resize": int (shorter side before the crop), "crop": (H, W),
+                     "crop_pct": 0.9, "interpolation": "bicubic",
+                     "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
+          -- pass it on as ``preprocess_imagenet(img, image_size=crop, crop_pct=...,
+          mean=..., std=...)`` (``tinyvit.imagenet.preprocess_kwargs(info)`` does this);
+          mean/std 0.5 is right for the Google release and timm's augreg ViTs,
+          not for DeiT or CLIP weights.
+      "notes": list of str (resampling, ignored pre_logits, inferred heads)
+      "ignored": keys skipped in the file; "checkpoint_grid": (gh, gw) of the file.
+    Raises ValueError for a tinyvit checkpoint (load it with tinyvit's own
+    loader) or a file in neither layout.
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path: expected a path to an .npz file, got {describe(path)}")
+    arrays = _read_arrays(path, "path")
+    fmt = detect_format(arrays)
+    if fmt == "tinyvit":
+        raise ValueError(f"path: {os.fspath(path)!r} holds tinyvit parameter names, not a Google "
+                         "or timm checkpoint; load it with tinyvit's checkpoint loader")
+    if fmt == "google":
+        model, info = _load_google(arrays, image_size, pool=pool, gelu=gelu, dtype=dtype)
+    else:
+        model, info = _load_timm(arrays, image_size, heads=heads, pool=pool, gelu=gelu, dtype=dtype)
+    from .imagenet import imagenet_preprocess_info, imagenet_class_names
+    K = model.config.num_classes
+    info["class_names"] = imagenet_class_names() if K == 1000 else None
+    info["preprocess"] = imagenet_preprocess_info(model.config.image_hw)
+    return model, info
