@@ -35,6 +35,7 @@ def block_forward(x, p: dict, heads: int, gelu: str = "exact"):
 
 def block_backward(dout, cache):
     """dout (B, T, D) -> dx (B, T, D), grads (dict, same prefix-free names as the parameters)."""
+    # BEGIN SOLUTION block_backward
     c_n1, c_attn, c_n2, c_mlp = cache
     g = {}
     # out = x + m: the gradient reaches x directly and through the MLP branch
@@ -47,3 +48,4 @@ def block_backward(dout, cache):
     dx_branch, g["norm1.gamma"], g["norm1.beta"] = layernorm_backward(dn1, c_n1)
     dx = dx + dx_branch
     return dx, g
+    # END SOLUTION

@@ -31,11 +31,13 @@ def patchify(x: np.ndarray, patch_size: int) -> np.ndarray:
     P = check_int("patch_size", patch_size, minimum=1)
     B, H, W, C = x.shape
     gh, gw = _grid(H, W, P)
+    # BEGIN SOLUTION patchify
     # (B, gh, P, gw, P, C): split each image axis into (grid index, offset in patch)
     x = x.reshape(B, gh, P, gw, P, C)
     # bring the two grid axes together, then the three within-patch axes
     x = x.transpose(0, 1, 3, 2, 4, 5)                    # (B, gh, gw, P, P, C)
     return x.reshape(B, gh * gw, P * P * C)              # (B, N, P*P*C), a copy
+    # END SOLUTION
 
 
 def unpatchify(patches: np.ndarray, image_size, patch_size: int, channels: int) -> np.ndarray:
@@ -64,5 +66,7 @@ def patchify_forward(x: np.ndarray, patch_size: int):
 def patchify_backward(dout: np.ndarray, cache) -> np.ndarray:
     """Backward of patchify. Patchify only moves numbers around, so its
     gradient moves them back: dx = unpatchify(dout)."""
+    # BEGIN SOLUTION patchify_backward
     (B, H, W, C), P = cache
     return unpatchify(dout, (H, W), P, C)
+    # END SOLUTION

@@ -19,11 +19,13 @@ import numpy as np
 
 def cls_forward(x: np.ndarray, cls: np.ndarray):
     """x (B, N, D), cls (1, 1, D) -> tokens (B, T, D) with T = N + 1, cache."""
+    # BEGIN SOLUTION cls_forward
     B, N, D = x.shape
     out = np.empty((B, N + 1, D), dtype=x.dtype)
     out[:, 0, :] = cls[0, 0]                             # the same token for every image
     out[:, 1:, :] = x
     return out, None
+    # END SOLUTION
 
 
 def cls_backward(dout: np.ndarray, cache):
@@ -32,9 +34,11 @@ def cls_backward(dout: np.ndarray, cache):
     dcls is the batch sum of the gradient at position 0: the token was copied
     B times, and a copy's gradient adds up (the transpose of a broadcast).
     """
+    # BEGIN SOLUTION cls_backward
     dx = dout[:, 1:, :]                                  # (B, N, D)
     dcls = dout[:, 0:1, :].sum(axis=0, keepdims=True)    # (1, 1, D)
     return dx, dcls
+    # END SOLUTION
 
 
 def pos_forward(x: np.ndarray, pos: np.ndarray):
@@ -44,7 +48,9 @@ def pos_forward(x: np.ndarray, pos: np.ndarray):
 
 def pos_backward(dout: np.ndarray, cache):
     """dout (B, T, D) -> dx (B, T, D), dpos (1, T, D) (summed over the batch)."""
+    # BEGIN SOLUTION pos_backward
     return dout, dout.sum(axis=0, keepdims=True)
+    # END SOLUTION
 
 
 def sincos_pos_embed(grid_h: int, grid_w: int, dim: int, cls_token: bool = True,

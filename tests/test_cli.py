@@ -1,0 +1,141 @@
+"""The tinyvit command: train, eval, predict, resume, and one-line errors."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tinyvit.checkpoint import load_checkpoint
+from tinyvit.cli import main
+from tinyvit.datasets import load_dataset
+from tinyvit.train import evaluate
+
+TINY = ["--image-size", "8", "--patch-size", "4", "--dim", "16", "--depth", "1", "--heads", "2",
+        "--mlp-dim", "32", "--n-train", "128", "--batch-size", "32"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """One tiny shapes run (2 epochs) shared by the tests below."""
+    out = tmp_path_factory.mktemp("cli") / "run"
+    assert main(["train", *TINY, "--epochs", "2", "--out", str(out), "--quiet"]) == 0
+    return out
+
+
+def _one_line_error(capsys, code, expected_code=2):
+    captured = capsys.readouterr()
+    assert code == expected_code
+    err = captured.err.strip()
+    assert "Traceback" not in captured.err and len(err.splitlines()) == 1, captured.err
+    return err
+
+
+def test_train_writes_checkpoint_history_and_plot(run):
+    for name in ("checkpoint.npz", "history.json", "history.csv", "steps.csv", "curves.png"):
+        assert (run / name).is_file(), name
+    ck = load_checkpoint(run / "checkpoint.npz")
+    assert ck.model_config.image_size == 8 and ck.model_config.dim == 16
+    assert ck.step == 8 and ck.epoch == 2                    # 128 / 32 = 4 steps x 2 epochs
+    assert ck.meta["dataset"]["name"] == "shapes" and ck.meta["normalize"] == "image"
+    assert ck.class_names[:2] == ["circle", "square"]
+    hist = json.loads((run / "history.json").read_text())
+    assert [r["epoch"] for r in hist["epochs"]] == [1, 2]
+
+
+def test_same_command_twice_same_numbers(run, tmp_path):
+    assert main(["train", *TINY, "--epochs", "2", "--out", str(tmp_path / "again"), "--quiet"]) == 0
+    a = json.loads((run / "history.json").read_text())
+    b = json.loads((tmp_path / "again" / "history.json").read_text())
+    assert a["steps"]["loss"] == b["steps"]["loss"]
+    assert [r["val_acc"] for r in a["epochs"]] == [r["val_acc"] for r in b["epochs"]]
+
+
+def test_eval_prints_accuracy_per_class_and_confusion(run, capsys):
+    capsys.readouterr()
+    assert main(["eval", str(run)]) == 0
+    out = capsys.readouterr().out
+    ck = load_checkpoint(run / "checkpoint.npz")
+    _, val = load_dataset("shapes", image_size=8, n_train=128, n_test=2000)
+    expected = evaluate(ck.model(), val, normalize="image")
+    assert f"accuracy {expected['accuracy']:.4f}" in out
+    assert "rows: true class, columns: predicted" in out
+    for name in ck.class_names:
+        assert name in out
+    row = next(l for l in out.splitlines() if l.startswith("circle ") and "0." not in l)
+    assert [int(v) for v in row.split()[1:]] == expected["confusion"][0].tolist()
+
+
+def test_predict_top_k(run, tmp_path, capsys):
+    img = (np.random.default_rng(0).random((20, 30, 3)) * 255).astype(np.uint8)
+    Image.fromarray(img).save(tmp_path / "a.png")
+    Image.fromarray(img[..., 0]).save(tmp_path / "b.png")          # grey: converted to RGB
+    capsys.readouterr()
+    assert main(["predict", str(run / "checkpoint.npz"), str(tmp_path / "a.png"), str(tmp_path / "b.png"),
+                 "--top-k", "3"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].endswith("a.png:") and out[4].endswith("b.png:")
+    probs = [float(l.split()[-1]) for l in out[1:4]]
+    assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0001
+    names = load_checkpoint(run / "checkpoint.npz").class_names
+    assert all(l.split()[1] in names for l in out[1:4])
+
+
+def test_resume_continues_to_the_same_end(run, tmp_path, capsys):
+    out = tmp_path / "stopped"
+    assert main(["train", *TINY, "--epochs", "2", "--out", str(out), "--quiet", "--max-steps", "5"]) == 0
+    assert load_checkpoint(out / "checkpoint.npz").step == 5
+    assert main(["train", "--resume", str(out), "--quiet"]) == 0
+    a = load_checkpoint(run / "checkpoint.npz")
+    b = load_checkpoint(out / "checkpoint.npz")
+    assert b.step == 8
+    for k in a.params:
+        assert np.array_equal(a.params[k], b.params[k]), k
+    capsys.readouterr()
+    err = _one_line_error(capsys, main(["train", "--resume", str(out), "--lr", "0.1"]))
+    assert "--lr" in err
+
+
+def test_errors_are_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    err = _one_line_error(capsys, main(["eval", "nope.npz"]))
+    assert "not found" in err and "nope.npz" in err
+    err = _one_line_error(capsys, main(["predict", "nope.npz", "x.png"]))
+    assert "nope.npz" in err
+    np.savez(tmp_path / "plain.npz", x=np.zeros(2))
+    err = _one_line_error(capsys, main(["eval", "plain.npz"]))
+    assert "plain.npz" in err
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--lr", "fast"])
+    err = _one_line_error(capsys, e.value.code)
+    assert "--lr" in err and "fast" in err
+    err = _one_line_error(capsys, main(["train", "--dataset", "imagenet"]))
+    assert "--dataset" in err and "shapes" in err
+    err = _one_line_error(capsys, main(["train", "--dataset", "mnist", "--data-dir", "empty", "--no-download"]))
+    assert "empty" in err and "mnist" in err                       # says where the files should go
+    err = _one_line_error(capsys, main(["train", *TINY[:2], "--patch-size", "3", "--quiet"]))
+    assert "patch" in err
+
+
+def test_predict_bad_image_is_one_line(run, tmp_path, capsys):
+    (tmp_path / "bad.png").write_text("not an image")
+    err = _one_line_error(capsys, main(["predict", str(run), str(tmp_path / "bad.png")]))
+    assert "bad.png" in err
+    err = _one_line_error(capsys, main(["predict", str(run), str(tmp_path / "missing.png")]))
+    assert "missing.png" in err
+
+
+def test_help_and_python_dash_m(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    for word in ("--dataset", "--epochs", "--resume", "Examples", "OPENBLAS_NUM_THREADS"):
+        assert word in text
+    proc = subprocess.run([sys.executable, "-m", "tinyvit", "--help"], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0
+    for cmd in ("train", "eval", "predict", "demo"):
+        assert cmd in proc.stdout
