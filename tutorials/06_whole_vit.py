@@ -1,0 +1,199 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+# ---
+
+# %% [markdown]
+# # 6. The whole ViT: forward, backward, end-to-end gradient check
+#
+# Tutorials 1-5 built every piece. `tinyvit.model.ViT` chains them:
+#
+#     images (B, H, W, C)
+#      -> patchify                    (B, N, P*P*C)
+#      -> patch embedding (linear)    (B, N, D)
+#      -> prepend CLS                 (B, T, D)
+#      -> + position embeddings       (B, T, D)
+#      -> depth x block               (B, T, D)
+#      -> final layer norm            (B, T, D)
+#      -> pool: CLS state (B, D)  or  mean of the patch tokens (B, D)
+#      -> head (linear)               (B, K) logits
+#
+# Here we run one forward pass ourselves, stage by stage with the model's own
+# parameters, check we get the model's logits, then run the backward and check
+# every parameter's gradient against finite differences.
+#
+# Run: `python tutorials/06_whole_vit.py`; `TINYVIT_QUICK=1` checks a sample of
+# the entries of each large tensor instead of all of them; figures go to
+# `tutorials/figures/` or `$TINYVIT_FIGURES`.
+
+# %%
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+try:
+    HERE = Path(__file__).resolve().parent
+except NameError:                                    # running as a notebook
+    HERE = Path.cwd()
+if str(HERE.parent) not in sys.path:
+    sys.path.insert(0, str(HERE.parent))
+
+QUICK = os.environ.get("TINYVIT_QUICK", "0") == "1"
+FIGURES = Path(os.environ.get("TINYVIT_FIGURES", HERE / "figures"))
+FIGURES.mkdir(parents=True, exist_ok=True)
+
+
+def show(name, x):
+    print(f"{name:<34} shape {str(np.shape(x)):<16} {np.asarray(x).dtype}")
+
+
+from tinyvit import ViT, ViTConfig
+from tinyvit.datasets import make_shapes
+from tinyvit.gradcheck import check_model, format_errors
+from tinyvit.layers import (BLOCK_PARAMS, block_forward, cls_forward, layernorm_forward, linear_forward,
+                            patchify, softmax_cross_entropy)
+
+# %% [markdown]
+# ## 6.1 A small model and its summary
+#
+# 16x16 RGB shapes, 4x4 patches (a 4x4 grid, N = 16, T = 17), D = 16, two
+# blocks of two heads. float64, because we will check gradients numerically.
+
+# %%
+cfg = ViTConfig(image_size=16, in_channels=3, patch_size=4, dim=16, depth=2, heads=2, mlp_dim=32,
+                num_classes=6, dtype="float64", seed=0)
+model = ViT(cfg)
+print(model.summary())
+
+data = make_shapes(4, image_size=16, seed=0)
+images = data.images.astype(np.float64)             # the model's dtype: float64
+labels = data.labels
+show("images", images)
+show("labels", labels)
+
+# %% [markdown]
+# ## 6.2 The forward pass, stage by stage
+
+# %%
+p = model.params
+x = patchify(images, cfg.patch_size)                                   # (B, N, P*P*C)
+show("patchify", x)
+x, _ = linear_forward(x, p["patch_embed.W"], p["patch_embed.b"])        # (B, N, D)
+show("patch embedding", x)
+x, _ = cls_forward(x, p["cls_token"])                                   # (B, T, D)
+show("prepend CLS", x)
+x = x + p["pos_embed"]                                                  # (B, T, D)
+show("+ pos_embed", x)
+attn = []
+for i in range(cfg.depth):
+    bp = {k: p[f"blocks.{i}.{k}"] for k in BLOCK_PARAMS}
+    x, cache = block_forward(x, bp, cfg.heads, cfg.gelu)                # (B, T, D)
+    attn.append(cache[1]["attn"])                                       # (B, h, T, T)
+    show(f"block {i}", x)
+    show(f"  block {i} attention", attn[-1])
+x, _ = layernorm_forward(x, p["norm.gamma"], p["norm.beta"])            # (B, T, D)
+show("final layer norm", x)
+pooled = x[:, 0]                                                        # (B, D) the CLS state
+show("pool (CLS state)", pooled)
+logits, _ = linear_forward(pooled, p["head.W"], p["head.b"])            # (B, K)
+show("logits", logits)
+
+print("same as model(images):", np.allclose(logits, model(images), rtol=0, atol=1e-14))
+loss, _ = softmax_cross_entropy(logits, labels)
+print(f"loss {loss:.4f}; an untrained model should be close to ln K = ln {cfg.num_classes} = "
+      f"{np.log(cfg.num_classes):.4f}")
+
+# %% [markdown]
+# Only row 0 of the final tokens reaches the head (with `pool="cls"`). The other
+# T - 1 rows matter only through what the CLS token read from them in the
+# attention layers, which is why its attention is worth looking at (tutorial 8).
+#
+# ## 6.3 The backward pass
+#
+# `model.loss_and_grads` runs the forward, the loss, and `model.backward`,
+# which walks the same stages in reverse: head, pool (the gradient enters the
+# tokens at row 0 only), final norm, blocks in reverse order, position
+# embedding, CLS token (batch sum, tutorial 2), patch embedding. It returns one
+# gradient per parameter, under the parameter's name.
+
+# %%
+loss, grads, logits = model.loss_and_grads(images, labels)
+print(f"loss {loss:.4f}; {len(grads)} gradient tensors, same names as the parameters:",
+      list(grads) == list(model.params))
+for name in ["patch_embed.W", "cls_token", "pos_embed", "blocks.0.attn.qkv.W", "blocks.1.mlp.fc2.W",
+             "norm.gamma", "head.W"]:
+    show(f"grad {name}", grads[name])
+
+# with pool="cls", the final tokens' rows 1.. get no gradient from the head:
+_, cache = model.forward(images)
+from tinyvit.layers import linear_backward
+
+dlogits = softmax_cross_entropy(logits, labels)[1]                     # (B, K)
+dpooled = linear_backward(dlogits, cache["head"])[0]                   # (B, D)
+show("dlogits", dlogits)
+show("dpooled", dpooled)
+dtokens = np.zeros((images.shape[0], cfg.num_tokens, cfg.dim))
+dtokens[:, 0] = dpooled                                                # only row 0
+print("non-zero rows of the gradient at the final tokens:", np.flatnonzero(np.abs(dtokens).sum((0, 2))))
+
+# %% [markdown]
+# ## 6.4 End-to-end gradient check
+#
+# `check_model` perturbs parameters one entry at a time, re-runs the whole
+# model, and compares the loss change with the backward's gradient. In quick
+# mode it checks 40 random entries of each large tensor; in full mode every
+# entry (a few thousand forward passes; a few seconds).
+
+# %%
+max_entries = 40 if QUICK else None
+errors = check_model(model, images, labels, max_entries=max_entries)
+print(format_errors(errors, threshold=1e-6))
+worst = max(errors, key=errors.get)
+print(f"worst: {worst} {errors[worst]:.1e}; all below 1e-6: {max(errors.values()) < 1e-6}")
+
+from matplotlib.figure import Figure
+
+names = list(errors)
+fig = Figure(figsize=(9, 4.8), layout="constrained")
+ax1, ax2 = fig.subplots(1, 2, sharey=True)
+ypos = np.arange(len(names))
+ax1.barh(ypos, [np.linalg.norm(grads[n]) if n in grads else np.nan for n in names], color="tab:blue")
+ax1.set_xscale("log")
+ax1.set_title("gradient norm per tensor", fontsize=9)
+ax2.barh(ypos, [errors[n] for n in names], color="tab:orange")
+ax2.axvline(1e-6, color="red", ls="--", lw=1, label="threshold 1e-6")
+ax2.set_xscale("log")
+ax2.set_title("relative error vs finite differences", fontsize=9)
+ax2.legend(fontsize=7)
+ax1.set_yticks(ypos)
+ax1.set_yticklabels(names, fontsize=6)
+ax1.invert_yaxis()
+for ax in (ax1, ax2):
+    ax.tick_params(axis="x", labelsize=7)
+    ax.grid(alpha=0.3, axis="x")
+fig.savefig(FIGURES / "06_gradcheck.png", dpi=100)
+print("saved", FIGURES / "06_gradcheck.png")
+
+# %% [markdown]
+# Every tensor, from the head back to the pixels of the input images, agrees
+# with finite differences to 1e-7 or better (most to about 1e-9; the layer-norm
+# parameters and the images, whose gradients are small and whose finite
+# differences go through the whole model, sit nearer 1e-8 to 1e-7). The model is ready to be trained
+# (tutorial 7).
+#
+# ## Exercises
+#
+# 1. Repeat 6.2 with `pool="mean"`. Which rows of `dtokens` are non-zero now,
+#    and with what value?
+# 2. `model.backward(dlogits, cache, input_grad=True)` also returns the gradient
+#    with respect to the images. Plot its absolute value summed over channels
+#    for one image: which pixels would change the loss most?
+# 3. Count the parameters by hand from the config (patch embedding, CLS, position
+#    table, per block, final norm, head) and compare with `model.num_params()`.
+# 4. Make the model float32 (`dtype="float32"`) and run the gradient check. Why
+#    do the errors grow to around 1e-3 or worse?
