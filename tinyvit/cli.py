@@ -63,12 +63,12 @@ MODEL_PRESETS = {
 DEFAULT_PRESET = "tiny"
 
 # Per dataset: (image side for the data, channels, the data's own image size is fixed?)
-DATASET_SHAPES = {"shapes": (16, 3), "mnist": (28, 1), "mnist-test-split": (28, 1), "fashion-mnist": (28, 1),
+DATASET_SHAPES = {"shapes": (32, 3), "mnist": (28, 1), "mnist-test-split": (28, 1), "fashion-mnist": (28, 1),
                   "cifar10": (32, 3), "digits": (8, 1), "folder": (32, 3)}
 
 # Training defaults per dataset (anything not listed comes from TrainConfig).
 TRAIN_DEFAULTS = {
-    "shapes": dict(epochs=10, batch_size=64, lr=3e-3, warmup=1.0, augment_flip=True),
+    "shapes": dict(epochs=8, batch_size=64, lr=3e-3, warmup=1.0, augment_flip=True),
     "mnist-test-split": dict(epochs=30, batch_size=64, lr=3e-3, warmup=1.0, augment_pad=1),
     "mnist": dict(epochs=5, batch_size=128, lr=1e-3, warmup=1.0, augment_pad=2),
     "fashion-mnist": dict(epochs=10, batch_size=128, lr=1e-3, warmup=1.0, augment_pad=2),
@@ -149,7 +149,7 @@ def _add_train_parser(sub):
                        f"{k}: patch {v['patch_size']}, dim {v['dim']}, depth {v['depth']}, heads {v['heads']}, "
                        f"mlp {v['mlp_dim']}" for k, v in MODEL_PRESETS.items()))
     m.add_argument("--image-size", type=_positive_int, default=None,
-                   help="image side in pixels (shapes default 16, folder default 32; fixed for mnist/cifar/digits)")
+                   help="image side in pixels (shapes default 32, folder default 32; fixed for mnist/cifar/digits)")
     m.add_argument("--patch-size", type=_positive_int, default=None, help="P, must divide the image side")
     m.add_argument("--dim", type=_positive_int, default=None, help="D, token width")
     m.add_argument("--depth", type=_positive_int, default=None, help="number of transformer blocks")
