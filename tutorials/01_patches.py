@@ -30,29 +30,9 @@
 # Shape letters: B batch, H W C image, P patch size, N = (H/P)(W/P) patches, D width.
 
 # %%
-import os
-import sys
-from pathlib import Path
-
 import numpy as np
 
-try:
-    HERE = Path(__file__).resolve().parent
-except NameError:                                    # running as a notebook
-    HERE = Path.cwd()
-if str(HERE.parent) not in sys.path:
-    sys.path.insert(0, str(HERE.parent))             # use this checkout's tinyvit
-
-QUICK = os.environ.get("TINYVIT_QUICK", "0") == "1"
-FIGURES = Path(os.environ.get("TINYVIT_FIGURES", HERE / "figures"))
-FIGURES.mkdir(parents=True, exist_ok=True)
-
-
-def show(name, x):
-    """Print an array's shape and dtype (every tutorial prints every array it makes)."""
-    print(f"{name:<34} shape {str(np.shape(x)):<16} {np.asarray(x).dtype}")
-
-
+from _setup import FIGURES, QUICK, show   # see tutorials/_setup.py
 from tinyvit import viz
 from tinyvit.datasets import make_shapes
 from tinyvit.layers import linear_forward, patchify, unpatchify

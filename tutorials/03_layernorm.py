@@ -26,28 +26,9 @@
 # figures go to `tutorials/figures/` or `$TINYVIT_FIGURES`.
 
 # %%
-import os
-import sys
-from pathlib import Path
-
 import numpy as np
 
-try:
-    HERE = Path(__file__).resolve().parent
-except NameError:                                    # running as a notebook
-    HERE = Path.cwd()
-if str(HERE.parent) not in sys.path:
-    sys.path.insert(0, str(HERE.parent))
-
-QUICK = os.environ.get("TINYVIT_QUICK", "0") == "1"
-FIGURES = Path(os.environ.get("TINYVIT_FIGURES", HERE / "figures"))
-FIGURES.mkdir(parents=True, exist_ok=True)
-
-
-def show(name, x):
-    print(f"{name:<34} shape {str(np.shape(x)):<16} {np.asarray(x).dtype}")
-
-
+from _setup import FIGURES, QUICK, show   # see tutorials/_setup.py
 from tinyvit.gradcheck import check_layer, format_errors, numerical_vjp, rel_error
 from tinyvit.layers import layernorm_backward, layernorm_forward
 
