@@ -82,34 +82,24 @@ SHAPES_N_TRAIN, SHAPES_N_VAL = 20000, 2000
 _RESUME_OK = {"out", "quiet", "max_steps", "data_dir", "threads", "resume", "command", "func", "log_every"}
 
 
-def _positive_int(text):
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {v}")
-    return v
+def _number(kind, minimum):
+    """An argparse type: a whole number (kind=int) or a finite number (kind=float) >= minimum."""
+    what = "a whole number" if kind is int else "a finite number"
+
+    def parse(text):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not np.isfinite(v) or v < minimum:
+            raise argparse.ArgumentTypeError(f"expected {what} >= {minimum}, got {text}")
+        return v
+    return parse
 
 
-def _nonneg_int(text):
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {v}")
-    return v
-
-
-def _nonneg_float(text):
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not np.isfinite(v) or v < 0:
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
-    return v
+_positive_int = _number(int, 1)
+_nonneg_int = _number(int, 0)
+_nonneg_float = _number(float, 0)
 
 
 def _add_train_parser(sub):
