@@ -104,13 +104,13 @@ _AS_P = 0.3275911 * _SQRT_HALF             # p / sqrt(2): t = 1 / (1 + p |x| / s
 _AS_A = (1.061405429, -1.453152027, 1.421413741, -0.284496736, 0.254829592)   # a5 .. a1
 
 
-def _normal_cdf_float32(x: np.ndarray) -> np.ndarray:
-    """Phi(x) for a float32 array x (...), computed in place in two buffers."""
+def _gelu_exact_float32(x: np.ndarray, out: np.ndarray, cdf: np.ndarray) -> None:
+    """Fills cdf = Phi(x) and out = x * Phi(x) for a float32 array x (...)."""
     t = np.abs(x)
     t *= _AS_P
     t += 1.0
     np.divide(1.0, t, out=t)                             # t = 1 / (1 + p z)
-    q = t * (0.5 * _AS_A[0])                             # Horner's rule, a5 first; the 0.5
+    q = np.multiply(t, 0.5 * _AS_A[0], out=cdf)          # Horner's rule, a5 first; the 0.5
     for a in _AS_A[1:]:                                  # of Q = erfc / 2 folded in
         q += 0.5 * a
         q *= t
@@ -121,28 +121,34 @@ def _normal_cdf_float32(x: np.ndarray) -> np.ndarray:
     np.subtract(0.5, q, out=q)
     np.copysign(q, x, out=q)
     q += 0.5                                             # Phi = 0.5 + copysign(0.5 - Q, x)
-    return q
+    np.multiply(x, q, out=out)                           # GELU = x * Phi(x)
+
+
+def _gelu_tanh(x: np.ndarray, out: np.ndarray, t: np.ndarray) -> None:
+    """Fills t = tanh(sqrt(2/pi) (x + 0.044715 x^3)) and out = 0.5 x (1 + t)."""
+    np.square(x, out=t)
+    t *= x
+    t *= _TANH_A
+    t += x
+    t *= _TANH_C
+    np.tanh(t, out=t)
+    np.add(t, 1.0, out=out)
+    out *= x
+    out *= 0.5
 
 
 def gelu_forward(x: np.ndarray, kind: str = "exact"):
     """GELU elementwise: x (...) -> (out (...), cache). kind: "exact" or "tanh"."""
     if kind == "exact":
-        if x.dtype == np.float32:
-            cdf = _normal_cdf_float32(x)                 # Phi(x), the fast float32 path
-        else:
-            cdf = 0.5 * (1.0 + erf(x * _SQRT_HALF))      # Phi(x)
+        if x.dtype == np.float32:                        # the fast float32 path
+            out, cdf = np.empty_like(x), np.empty_like(x)
+            _gelu_exact_float32(x, out, cdf)
+            return out, (x, kind, cdf)
+        cdf = 0.5 * (1.0 + erf(x * _SQRT_HALF))          # Phi(x)
         return x * cdf, (x, kind, cdf)
     if kind == "tanh":
-        # t = tanh(sqrt(2/pi) * (x + 0.044715 x^3)), computed in place in one buffer
-        t = np.square(x)
-        t *= x
-        t *= _TANH_A
-        t += x
-        t *= _TANH_C
-        np.tanh(t, out=t)
-        out = t + 1.0                                    # 0.5 * x * (1 + t)
-        out *= x
-        out *= 0.5
+        out, t = np.empty_like(x), np.empty_like(x)
+        _gelu_tanh(x, out, t)                            # out = 0.5 x (1 + t)
         return out, (x, kind, t)
     raise ValueError(f"kind: expected 'exact' or 'tanh', got {kind!r}")
 

@@ -1,0 +1,676 @@
+"""``tinyvit bench``: how fast does a training step run, next to PyTorch?
+
+For each benchmark config the command times full training steps (forward,
+backward, AdamW update) and reports the median step time, images per second,
+peak memory, the step's matrix-multiply FLOPs and the model-FLOPs utilisation
+(MFU: those FLOPs per second divided by this machine's own float32 matmul peak,
+which the command measures with the same thread count).
+
+How it measures, so the numbers can be trusted:
+
+* Every (framework, config) runs in its own fresh worker process
+  (``python -m tinyvit.bench --worker ...``). The parent only sends "step"
+  commands and collects timings, so the workers' steps alternate: numpy,
+  torch, numpy, torch, ... and background load hits both alike. A pause of
+  0.25 s after each step (``--gap``) lets the previous worker's threads go to
+  sleep first: OpenBLAS's idle threads spin for about 2^28 cycles (~0.1 s)
+  after a product, and would otherwise slow down whichever worker runs next.
+* The workers' environment is set *before* they start, which is the only way
+  to set process-wide knobs such as ``OPENBLAS_NUM_THREADS`` (read once when
+  NumPy loads its BLAS) and glibc's allocator settings
+  (``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``: keep freed memory in
+  the process so each step does not fault fresh pages in again). Both
+  frameworks get the same environment. Nothing here is set when the library
+  is imported.
+* Peak memory is the growth of the worker's peak resident set size
+  (``getrusage(RUSAGE_SELF).ru_maxrss``) from just before the model is built
+  to the end of the warm-up steps: model, optimizer state, activations and
+  temporaries, measured the same way for both frameworks.
+* Matmul FLOPs are counted analytically (``matmul_flops``): 2*m*n*k per
+  forward product, twice that for the backward (input and weight gradients).
+* PyTorch (when installed; it is not a dependency) runs the same model in
+  eager mode: the same patchify + nn.Linear patch embedding, pre-norm blocks
+  with nn.LayerNorm(eps=1e-6), one fused qkv nn.Linear, explicit softmax
+  attention (the probabilities are materialised, as tinyvit keeps them), the
+  same GELU, torch.optim.AdamW with the same hyper-parameters and the same
+  weight-decay groups, the same batch and ``torch.set_num_threads(threads)``.
+  No torch.compile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import datetime
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+# --- the benchmark configs ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """One benchmark model: image H = W, channels C, patch P, width D, depth, heads h,
+    MLP width M, classes K and the batch size B."""
+
+    image_size: int
+    in_channels: int
+    patch_size: int
+    dim: int
+    depth: int
+    heads: int
+    mlp_dim: int
+    num_classes: int
+    batch: int
+
+    def vit_config(self, gelu: str = "exact", dtype: str = "float32"):
+        from .model import ViTConfig
+        return ViTConfig(image_size=self.image_size, in_channels=self.in_channels,
+                         patch_size=self.patch_size, dim=self.dim, depth=self.depth,
+                         heads=self.heads, mlp_dim=self.mlp_dim, num_classes=self.num_classes,
+                         gelu=gelu, dtype=dtype, seed=0)
+
+    def describe(self) -> str:
+        P, H = self.patch_size, self.image_size
+        T = (H // P) ** 2 + 1
+        return (f"{H}x{H}x{self.in_channels}, patch {P} ({T} tokens), width {self.dim}, "
+                f"depth {self.depth}, heads {self.heads}, MLP {self.mlp_dim}, batch {self.batch}")
+
+
+CONFIGS = {
+    "A": BenchConfig(28, 1, 7, 64, 4, 4, 128, 10, 128),
+    "B": BenchConfig(28, 1, 4, 64, 6, 4, 256, 10, 128),
+    "C": BenchConfig(32, 3, 4, 192, 6, 3, 384, 10, 64),
+    "tiny": BenchConfig(8, 1, 4, 16, 1, 2, 32, 3, 4),       # for tests: seconds, not minutes
+}
+
+
+def matmul_flops(cfg, batch: int) -> dict:
+    """Matrix-multiply FLOPs of one training step of a ViT with this config.
+
+    cfg: a ViTConfig (or BenchConfig). Each forward product (m, k) @ (k, n)
+    costs 2*m*n*k; its backward computes the input gradient and the weight
+    gradient, two products of the same size, so the backward costs twice the
+    forward and the step three times. Elementwise work is not counted.
+    Returns {"forward": {stage: flops}, "forward_total", "backward_total", "step"}.
+    """
+    P, C, D, M = cfg.patch_size, cfg.in_channels, cfg.dim, cfg.mlp_dim
+    H = cfg.image_size if isinstance(cfg.image_size, int) else cfg.image_size[0]
+    W = cfg.image_size if isinstance(cfg.image_size, int) else cfg.image_size[1]
+    B, N = batch, (H // P) * (W // P)
+    T, h, d = N + 1, cfg.heads, D // cfg.heads
+    L, K = cfg.depth, cfg.num_classes
+    fwd = {
+        "patch_embed": 2 * B * N * (P * P * C) * D,
+        "qkv": L * 2 * B * T * D * 3 * D,
+        "scores q@k^T": L * 2 * B * h * T * T * d,
+        "mix A@v": L * 2 * B * h * T * T * d,
+        "proj": L * 2 * B * T * D * D,
+        "fc1": L * 2 * B * T * D * M,
+        "fc2": L * 2 * B * T * M * D,
+        "head": 2 * B * D * K,
+    }
+    total = sum(fwd.values())
+    return {"forward": fwd, "forward_total": total, "backward_total": 2 * total,
+            "step": 3 * total}
+
+
+# --- machine facts --------------------------------------------------------------------------
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def blas_info() -> dict:
+    """NumPy's BLAS: the build's name and version (np.show_config) and, for
+    OpenBLAS, the kernel it picked at run time (asked through ctypes; no
+    threadpoolctl needed)."""
+    info = {"name": "unknown", "version": "", "corename": ""}
+    try:
+        blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        info["name"], info["version"] = blas.get("name", "unknown"), blas.get("version", "")
+    except Exception:                                    # NumPy < 1.25 has no mode="dicts"
+        pass
+    try:
+        with open("/proc/self/maps") as f:
+            paths = sorted({line.split()[-1] for line in f if "blas" in line.lower()
+                            and line.split()[-1].startswith("/")})
+        for path in paths:
+            lib = ctypes.CDLL(path)
+            for sym in ("openblas_get_corename", "openblas_get_corename64_",
+                        "scipy_openblas_get_corename64_", "scipy_openblas_get_corename"):
+                fn = getattr(lib, sym, None)
+                if fn is not None:
+                    fn.restype = ctypes.c_char_p
+                    info["corename"] = fn().decode()
+                    return info
+    except Exception:
+        pass
+    return info
+
+
+def machine_info(threads: int) -> dict:
+    env = {k: v for k, v in os.environ.items() if k.startswith(("OPENBLAS_CORETYPE", "OPENBLAS_L2"))}
+    return {"date": datetime.date.today().isoformat(), "cpu": _cpu_model(),
+            "logical_cpus": os.cpu_count(), "python": platform.python_version(),
+            "numpy": np.__version__, "blas": blas_info(), "threads": threads,
+            "blas_env": env, "loadavg": _loadavg()}
+
+
+def _loadavg():
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def worker_env(threads: int, malloc_tuning: bool = True) -> dict:
+    """The environment a benchmark (or training) process should start with.
+
+    Thread counts for every BLAS/OpenMP runtime, and, with malloc_tuning,
+    glibc settings that keep freed memory in the process: arrays up to 32 MB
+    come from the heap instead of fresh mmap pages, and the heap is not
+    trimmed, so the next step reuses pages that are already mapped.
+    """
+    env = dict(os.environ)
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[var] = str(threads)
+    if malloc_tuning:
+        env["MALLOC_MMAP_THRESHOLD_"] = str(32 * 1024 * 1024)   # glibc's largest allowed value
+        env["MALLOC_TRIM_THRESHOLD_"] = str(1 << 40)            # never give the heap back
+        env["MALLOC_TOP_PAD_"] = str(64 * 1024 * 1024)
+    return env
+
+
+# --- worker side: one framework, one config, in a fresh process --------------------------------
+
+
+def _maxrss_bytes() -> int:
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r if sys.platform == "darwin" else r * 1024   # Linux reports KiB
+
+
+def _batch(bc: BenchConfig, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    H = bc.image_size
+    images = rng.random((bc.batch, H, H, bc.in_channels), dtype=np.float32)
+    labels = rng.integers(0, bc.num_classes, size=bc.batch)
+    return images, labels
+
+
+class NumpyRunner:
+    """tinyvit's training step: loss_and_grads then AdamW.step."""
+
+    def __init__(self, bc: BenchConfig, gelu: str):
+        from .model import ViT
+        self.images, self.labels = _batch(bc)
+        self.base_rss = _maxrss_bytes()
+        self.model = ViT(bc.vit_config(gelu))
+        self.opt = _numpy_adamw()
+
+    def step(self) -> float:
+        t0 = time.perf_counter()
+        loss, grads, _ = self.model.loss_and_grads(self.images, self.labels)
+        self.opt.step(self.model.params, grads)
+        return time.perf_counter() - t0
+
+
+def _numpy_adamw():
+    try:
+        from .optim import AdamW
+    except ImportError:                                  # pragma: no cover - optim being written
+        return _PlainAdamW()
+    return AdamW(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.05)
+
+
+class _PlainAdamW:                                       # pragma: no cover - fallback only
+    def __init__(self):
+        self.m, self.v, self.t = {}, {}, 0
+
+    def step(self, params, grads):
+        self.t += 1
+        for k, p in params.items():
+            g = grads[k]
+            m = self.m.setdefault(k, np.zeros_like(p))
+            v = self.v.setdefault(k, np.zeros_like(p))
+            if p.ndim >= 2 and k not in ("cls_token", "pos_embed"):
+                p *= 1.0 - 1e-3 * 0.05
+            m *= 0.9
+            m += 0.1 * g
+            v *= 0.999
+            v += 0.001 * g * g
+            p -= (1e-3 / (1 - 0.9 ** self.t)) * m / (np.sqrt(v / (1 - 0.999 ** self.t)) + 1e-8)
+
+
+class TorchRunner:
+    """The same model and step in PyTorch eager."""
+
+    def __init__(self, bc: BenchConfig, gelu: str, threads: int):
+        import torch
+        torch.set_num_threads(threads)
+        with contextlib.suppress(RuntimeError):
+            torch.set_num_interop_threads(1)
+        torch.manual_seed(0)
+        self.torch = torch
+        images, labels = _batch(bc)
+        self.images = torch.from_numpy(images)
+        self.labels = torch.from_numpy(labels)
+        self.base_rss = _maxrss_bytes()
+        self.model = _torch_vit(torch, bc, gelu)
+        decay = [p for n, p in self.model.named_parameters()
+                 if p.ndim >= 2 and n not in ("cls_token", "pos_embed")]
+        rest = [p for n, p in self.model.named_parameters()
+                if not (p.ndim >= 2 and n not in ("cls_token", "pos_embed"))]
+        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05},
+                                      {"params": rest, "weight_decay": 0.0}],
+                                     lr=1e-3, betas=(0.9, 0.999), eps=1e-8)
+
+    def step(self) -> float:
+        F = self.torch.nn.functional
+        t0 = time.perf_counter()
+        self.opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(self.model(self.images), self.labels)
+        loss.backward()
+        self.opt.step()
+        return time.perf_counter() - t0
+
+
+def _torch_vit(torch, bc: BenchConfig, gelu: str):
+    nn = torch.nn
+    H, P, C, D = bc.image_size, bc.patch_size, bc.in_channels, bc.dim
+    h, d, g = bc.heads, bc.dim // bc.heads, H // bc.patch_size
+    N = g * g
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.norm1 = nn.LayerNorm(D, eps=1e-6)
+            self.qkv = nn.Linear(D, 3 * D)
+            self.proj = nn.Linear(D, D)
+            self.norm2 = nn.LayerNorm(D, eps=1e-6)
+            self.fc1 = nn.Linear(D, bc.mlp_dim)
+            self.act = nn.GELU(approximate="none" if gelu == "exact" else "tanh")
+            self.fc2 = nn.Linear(bc.mlp_dim, D)
+
+        def forward(self, x):                            # (B, T, D)
+            B, T, _ = x.shape
+            qkv = self.qkv(self.norm1(x)).reshape(B, T, 3, h, d).permute(2, 0, 3, 1, 4)
+            q, k, v = qkv.unbind(0)                      # (B, h, T, d) each
+            attn = ((q @ k.transpose(-2, -1)) * d ** -0.5).softmax(dim=-1)
+            o = (attn @ v).transpose(1, 2).reshape(B, T, D)
+            x = x + self.proj(o)
+            return x + self.fc2(self.act(self.fc1(self.norm2(x))))
+
+    class ViT(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.patch_embed = nn.Linear(P * P * C, D)
+            self.cls_token = nn.Parameter(torch.randn(1, 1, D) * 1e-6)
+            self.pos_embed = nn.Parameter(torch.randn(1, N + 1, D) * 0.02)
+            self.blocks = nn.ModuleList(Block() for _ in range(bc.depth))
+            self.norm = nn.LayerNorm(D, eps=1e-6)
+            self.head = nn.Linear(D, bc.num_classes)
+
+        def forward(self, images):                       # (B, H, W, C) channels-last
+            B = images.shape[0]
+            x = images.reshape(B, g, P, g, P, C).permute(0, 1, 3, 2, 4, 5).reshape(B, N, P * P * C)
+            x = self.patch_embed(x)
+            x = torch.cat([self.cls_token.expand(B, -1, -1), x], dim=1) + self.pos_embed
+            for blk in self.blocks:
+                x = blk(x)
+            return self.head(self.norm(x)[:, 0])
+
+    return ViT()
+
+
+def measure_matmul_peak(n: int = 2048, repeats: int = 5, seconds: float = 1.0) -> float:
+    """Best float32 GFLOP/s of an (n, n) @ (n, n) product, in this process (so with
+    this process's BLAS thread count)."""
+    rng = np.random.default_rng(0)
+    a = rng.random((n, n), dtype=np.float32)
+    b = rng.random((n, n), dtype=np.float32)
+    out = np.empty((n, n), dtype=np.float32)
+    np.matmul(a, b, out=out)
+    best, t_end, k = 0.0, time.perf_counter() + seconds, 0
+    while k < repeats or time.perf_counter() < t_end:
+        t0 = time.perf_counter()
+        np.matmul(a, b, out=out)
+        best = max(best, 2.0 * n ** 3 / (time.perf_counter() - t0))
+        k += 1
+        if k >= 50:
+            break
+    return best / 1e9
+
+
+# --- the profile: exclusive time per stage ---------------------------------------------------
+
+PROFILE_STAGES = {
+    "linear layers": ("linear_forward", "linear_backward"),
+    "attention matmuls": ("attention_forward", "attention_backward"),
+    "softmax": ("softmax_forward", "softmax_backward"),
+    "layer norm": ("layernorm_forward", "layernorm_backward"),
+    "GELU": ("gelu_forward", "gelu_backward"),
+}
+PROFILE_NOTE = ("exclusive times: 'attention matmuls' is what attention_forward/backward spend "
+                "outside their linear and softmax calls (q@k^T, A@v and their gradients, head "
+                "split/merge); 'everything else' is the rest of the step (embedding, residuals, "
+                "loss, checks, AdamW)")
+
+
+@contextlib.contextmanager
+def stage_timers(totals: dict):
+    """Wrap the layer functions named in PROFILE_STAGES, wherever the model's modules
+    imported them, with timers that add their *exclusive* time (nested stages paused)
+    into totals[stage]. The wrappers are removed on exit."""
+    import importlib
+    modules = [importlib.import_module(m) for m in
+               ("tinyvit.model", "tinyvit.layers.block", "tinyvit.layers.attention",
+                "tinyvit.layers.mlp", "tinyvit.layers.linear", "tinyvit.layers.layernorm")]
+    stack = []                                           # [stage, start, nested time]
+    def wrap(stage, fn):
+        def timed(*args, **kwargs):
+            stack.append([stage, time.perf_counter(), 0.0])
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                _, t0, nested = stack.pop()
+                spent = time.perf_counter() - t0
+                totals[stage] = totals.get(stage, 0.0) + spent - nested
+                if stack:
+                    stack[-1][2] += spent
+        timed.__wrapped__ = fn
+        return timed
+    saved = []
+    for stage, names in PROFILE_STAGES.items():
+        for name in names:
+            for mod in modules:
+                fn = getattr(mod, name, None)
+                if fn is not None:
+                    saved.append((mod, name, fn))
+    wrapped = {}
+    for mod, name, fn in saved:
+        stage = next(s for s, names in PROFILE_STAGES.items() if name in names)
+        wrapped.setdefault(fn, wrap(stage, fn))          # one wrapper per function
+        setattr(mod, name, wrapped[fn])
+    try:
+        yield
+    finally:
+        for mod, name, fn in saved:
+            setattr(mod, name, fn)
+
+
+def _worker(spec: dict) -> int:
+    """Serve one (framework, config): read commands on stdin, answer JSON lines on the
+    original stdout (anything else printed goes to stderr)."""
+    proto = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    def send(obj):
+        proto.write(json.dumps(obj) + "\n")
+
+    if spec["framework"] == "peak":
+        send({"gflops": measure_matmul_peak(), "blas": blas_info()})
+        return 0
+    bc = BenchConfig(**spec["config"])
+    if spec["framework"] == "torch":
+        runner = TorchRunner(bc, spec["gelu"], spec["threads"])
+    else:
+        runner = NumpyRunner(bc, spec["gelu"])
+    send({"ready": True})
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        if cmd["cmd"] == "step":
+            send({"t": runner.step()})
+        elif cmd["cmd"] == "mem":
+            send({"peak_bytes": _maxrss_bytes() - runner.base_rss})
+        elif cmd["cmd"] == "profile":
+            totals, steps = {}, []
+            with stage_timers(totals):
+                for _ in range(cmd["steps"]):
+                    steps.append(runner.step())
+            total = sum(steps)
+            totals["everything else"] = total - sum(totals.values())
+            send({"stages": {k: v / len(steps) for k, v in totals.items()},
+                  "step": total / len(steps)})
+        elif cmd["cmd"] == "quit":
+            break
+    return 0
+
+
+# --- parent side ----------------------------------------------------------------------------
+
+
+class _Worker:
+    def __init__(self, spec: dict, env: dict):
+        self.spec = spec
+        self.proc = subprocess.Popen([sys.executable, "-m", "tinyvit.bench", "--worker",
+                                      json.dumps(spec)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, env=env, text=True, bufsize=1)
+
+    def ask(self, **cmd):
+        if cmd:
+            self.proc.stdin.write(json.dumps(cmd) + "\n")
+            self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            code = self.proc.wait()
+            raise RuntimeError(f"benchmark worker {self.spec['framework']} for config "
+                               f"{self.spec.get('name')} exited with code {code} (its error is above)")
+        return json.loads(line)
+
+    def close(self):
+        with contextlib.suppress(Exception):
+            self.proc.stdin.write(json.dumps({"cmd": "quit"}) + "\n")
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:                # pragma: no cover
+            self.proc.kill()
+            self.proc.wait()
+
+
+def torch_available() -> bool:
+    import importlib.util
+    return importlib.util.find_spec("torch") is not None
+
+
+def run_bench(configs, threads=2, steps=20, warmup=3, use_torch=None, gelus=("exact",),
+              profile=False, gap=0.25, malloc_tuning=True, log=print) -> dict:
+    """Run the benchmark; returns the JSON-able results (also what --json writes)."""
+    if use_torch is None:
+        use_torch = torch_available()
+    env = worker_env(threads, malloc_tuning)
+    result = {"machine": machine_info(threads), "steps": steps, "warmup": warmup,
+              "malloc_tuning": malloc_tuning, "configs": {}}
+    # The matmul peak is measured before and after the configs and the larger value
+    # kept: background load can only lower a measurement, never raise it.
+    p = _measure_peak(env)
+    result["peak_gflops_runs"] = [p["gflops"]]
+    result["machine"]["blas"] = p["blas"]                # as the workers see it
+    log(f"{_machine_line(result)}\nmatmul peak before the runs: {p['gflops']:.0f} GFLOP/s")
+    for name in configs:
+        bc = CONFIGS[name]
+        flops = matmul_flops(bc, bc.batch)
+        runs = [("numpy", g) for g in gelus] + ([("torch", gelus[0])] if use_torch else [])
+        workers = {}
+        try:
+            for fw, g in runs:
+                spec = {"framework": fw, "gelu": g, "threads": threads, "name": name,
+                        "config": bc.__dict__}
+                workers[(fw, g)] = w = _Worker(spec, env)
+                w.ask()                                  # ready
+            times = {key: [] for key in workers}
+            for i in range(warmup + steps):              # alternate: one step each, in turn
+                for key, w in workers.items():
+                    t = w.ask(cmd="step")["t"]
+                    if i >= warmup:
+                        times[key].append(t)
+                    if gap:
+                        time.sleep(gap)
+                if i == warmup - 1 or (warmup == 0 and i == 0):
+                    mem = {key: w.ask(cmd="mem")["peak_bytes"] for key, w in workers.items()}
+            entry = {"config": bc.__dict__, "description": bc.describe(),
+                     "matmul_gflop_per_step": flops["step"] / 1e9, "results": {}}
+            for (fw, g), ts in times.items():
+                med = statistics.median(ts)
+                entry["results"][f"{fw}/{g}"] = {
+                    "framework": fw, "gelu": g, "step_ms": med * 1e3,
+                    "step_ms_min": min(ts) * 1e3, "step_ms_all": [t * 1e3 for t in ts],
+                    "images_per_s": bc.batch / med,
+                    "peak_mem_mb": mem[(fw, g)] / 2 ** 20,
+                    "achieved_gflops": flops["step"] / med / 1e9}
+            if profile:
+                w = workers[("numpy", gelus[0])]
+                entry["profile"] = w.ask(cmd="profile", steps=max(3, steps // 2))
+                entry["profile"]["note"] = PROFILE_NOTE
+            if use_torch:
+                t_np = entry["results"][f"numpy/{gelus[0]}"]["step_ms"]
+                t_pt = entry["results"][f"torch/{gelus[0]}"]["step_ms"]
+                entry["ratio_numpy_over_torch"] = t_np / t_pt
+            if len(gelus) > 1:
+                entry["ratio_exact_over_tanh"] = (entry["results"]["numpy/exact"]["step_ms"] /
+                                                  entry["results"]["numpy/tanh"]["step_ms"])
+        finally:
+            for w in workers.values():
+                w.close()
+        result["configs"][name] = entry
+        summary = ", ".join(f"{k} {r['step_ms']:.1f} ms" for k, r in entry["results"].items())
+        log(f"config {name} done: {summary}")
+    result["peak_gflops_runs"].append(_measure_peak(env)["gflops"])
+    result["peak_gflops"] = peak = max(result["peak_gflops_runs"])
+    for entry in result["configs"].values():
+        for r in entry["results"].values():
+            r["mfu"] = r["achieved_gflops"] / peak
+    result["machine"]["loadavg_after"] = _loadavg()
+    log(f"matmul peak after the runs: {result['peak_gflops_runs'][-1]:.0f} GFLOP/s; "
+        f"MFU below uses the larger, {peak:.0f} GFLOP/s")
+    for name, entry in result["configs"].items():
+        log(format_entry(name, entry))
+    return result
+
+
+def _measure_peak(env) -> dict:
+    peak = _Worker({"framework": "peak"}, env)
+    try:
+        return peak.ask()
+    finally:
+        peak.close()
+
+
+def _machine_line(result) -> str:
+    m = result["machine"]
+    blas = m["blas"]
+    kernel = f", kernel {blas['corename']}" if blas.get("corename") else ""
+    extra = "".join(f", {k}={v}" for k, v in m["blas_env"].items())
+    return (f"{m['date']}  {m['cpu']} ({m['logical_cpus']} logical CPUs), numpy {m['numpy']}, "
+            f"BLAS {blas['name']} {blas['version']}{kernel}{extra}, {m['threads']} threads, "
+            f"load average {m['loadavg']}; malloc tuning "
+            f"{'on' if result['malloc_tuning'] else 'off'}; float32 matmul peak measured with "
+            f"(2048 x 2048) @ (2048 x 2048) products on {m['threads']} threads")
+
+
+def format_entry(name: str, entry: dict) -> str:
+    lines = [f"\nconfig {name}: {entry['description']}; "
+             f"{entry['matmul_gflop_per_step']:.2f} GFLOP of matmuls per step",
+             f"  {'run':<14}{'step ms':>9}{'(min)':>8}{'img/s':>9}{'GFLOP/s':>9}{'MFU':>7}"
+             f"{'peak MB':>9}"]
+    for key, r in entry["results"].items():
+        lines.append(f"  {key:<14}{r['step_ms']:>9.1f}{r['step_ms_min']:>8.1f}"
+                     f"{r['images_per_s']:>9.0f}{r['achieved_gflops']:>9.1f}"
+                     f"{100 * r['mfu']:>6.1f}%{r['peak_mem_mb']:>9.1f}")
+    if "ratio_numpy_over_torch" in entry:
+        lines.append(f"  tinyvit / torch step time: {entry['ratio_numpy_over_torch']:.2f}x")
+    if "ratio_exact_over_tanh" in entry:
+        lines.append(f"  exact / tanh GELU step time: {entry['ratio_exact_over_tanh']:.2f}x")
+    if "profile" in entry:
+        prof = entry["profile"]
+        lines.append(f"  profile (tinyvit, mean of steps, {prof['step'] * 1e3:.1f} ms per step):")
+        for stage, t in sorted(prof["stages"].items(), key=lambda kv: -kv[1]):
+            lines.append(f"    {stage:<20}{t * 1e3:>8.1f} ms {100 * t / prof['step']:>5.1f}%")
+        lines.append(f"    ({prof['note']})")
+    return "\n".join(lines)
+
+
+def _write_json(path: str, obj) -> None:
+    d = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".bench-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def cmd_bench(args) -> int:
+    from ._checks import check_int
+    check_int("--threads", args.threads, minimum=1)
+    check_int("--steps", args.steps, minimum=1)
+    check_int("--warmup", args.warmup, minimum=0)
+    if args.torch and not torch_available():
+        raise ValueError("--torch: expected PyTorch to be installed, got no module named 'torch' "
+                         "(use --no-torch, or pip install torch)")
+    if args.json:
+        d = os.path.dirname(os.path.abspath(args.json))
+        if not os.path.isdir(d):
+            raise ValueError(f"--json: expected a path in an existing directory, got {args.json!r}")
+    gelus = tuple(dict.fromkeys(args.gelu))
+    result = run_bench(args.config, threads=args.threads, steps=args.steps, warmup=args.warmup,
+                       use_torch=args.torch, gelus=gelus, profile=args.profile,
+                       gap=args.gap, malloc_tuning=args.malloc_tuning)
+    if args.json:
+        _write_json(args.json, result)
+        print(f"\nwrote {args.json}")
+    return 0
+
+
+def add_command(subparsers) -> None:
+    p = subparsers.add_parser(
+        "bench", help="time training steps (and PyTorch's, when installed); MFU, memory",
+        description="Time full float32 training steps of the benchmark configs in fresh "
+                    "worker processes, next to PyTorch eager when it is installed.")
+    p.add_argument("--config", nargs="+", choices=list(CONFIGS), default=["A", "B", "C"],
+                   help="benchmark configs (default A B C; 'tiny' is for quick checks)")
+    p.add_argument("--threads", type=int, default=2, help="BLAS / torch threads (default 2)")
+    p.add_argument("--steps", type=int, default=20, help="timed steps per run (default 20)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
+    p.add_argument("--profile", action="store_true",
+                   help="also print tinyvit's time per stage (linear, attention, softmax, ...)")
+    p.add_argument("--torch", action=argparse.BooleanOptionalAction, default=None,
+                   help="time PyTorch too (default: when it is installed)")
+    p.add_argument("--gelu", nargs="+", choices=("exact", "tanh"), default=["exact"],
+                   help="GELU of the models; two values time tinyvit with both (default exact)")
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    p.add_argument("--gap", type=float, default=0.25,
+                   help="seconds of pause after each step so the other worker's threads idle")
+    p.add_argument("--malloc-tuning", action=argparse.BooleanOptionalAction, default=True,
+                   help="start the workers with glibc malloc settings that reuse freed pages "
+                        "(default on, for both frameworks)")
+    p.set_defaults(func=cmd_bench)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--worker":
+        raise SystemExit(_worker(json.loads(sys.argv[2])))
+    from .cli import main
+    raise SystemExit(main(["bench", *sys.argv[1:]]))
