@@ -56,6 +56,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._env import MALLOC_SETTINGS, tuned_env
+
 # --- the benchmark configs ----------------------------------------------------------------
 
 
@@ -184,20 +186,12 @@ def _loadavg():
 
 
 def worker_env(threads: int, malloc_tuning: bool = True) -> dict:
-    """The environment a benchmark (or training) process should start with.
-
-    Thread counts for every BLAS/OpenMP runtime, and, with malloc_tuning,
-    glibc settings that keep freed memory in the process: arrays up to 32 MB
-    come from the heap instead of fresh mmap pages, and the heap is not
-    trimmed, so the next step reuses pages that are already mapped.
-    """
-    env = dict(os.environ)
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        env[var] = str(threads)
+    """The environment a benchmark worker starts with: the thread count on every
+    BLAS/OpenMP variable and, with malloc_tuning, glibc settings that keep freed
+    memory in the process (see tinyvit/_env.py)."""
+    env = tuned_env(threads=threads, malloc_tuning=False)
     if malloc_tuning:
-        env["MALLOC_MMAP_THRESHOLD_"] = str(32 * 1024 * 1024)   # glibc's largest allowed value
-        env["MALLOC_TRIM_THRESHOLD_"] = str(1 << 40)            # never give the heap back
-        env["MALLOC_TOP_PAD_"] = str(64 * 1024 * 1024)
+        env.update(MALLOC_SETTINGS)
     return env
 
 
