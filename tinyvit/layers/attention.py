@@ -65,13 +65,11 @@ def _softmax_matrix_shift(x: np.ndarray):
 
 
 def softmax_backward(dA: np.ndarray, cache) -> np.ndarray:
-    """dA (..., T) -> dS (..., T).
-
-    The Jacobian of one softmax row is diag(A) - A A^T, so
-      dS = A * (dA - sum_j(dA_j * A_j))
-    The subtracted row sum is the "missing softmax term" a gradient check catches.
-    """
+    """dA (..., T) -> dS (..., T), the gradient at the softmax input."""
     # BEGIN SOLUTION softmax_backward
+    # The Jacobian of one softmax row is diag(A) - A A^T, so
+    #   dS = A * (dA - sum_j(dA_j * A_j))
+    # The subtracted row sum is the "missing softmax term" a gradient check catches.
     A = cache
     dS = dA * A
     np.subtract(dA, sum_keepdims(dS, -1), out=dS)        # dA - sum_j(dA_j * A_j)

@@ -32,17 +32,15 @@ def layernorm_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: f
 
 
 def layernorm_backward(dout: np.ndarray, cache):
-    """dout (..., D) -> dx (..., D), dgamma (D,), dbeta (D,).
-
-    With g = dout * gamma (the gradient reaching xhat), the three paths from
-    x to xhat (directly, through mu, through var) add up to
-
-      dx = rstd * (g - mean(g) - xhat * mean(g * xhat))
-
-    the means taken over the D features of each token. Dropping either mean
-    term is the classic layer-norm bug: the gradient check catches both.
-    """
+    """dout (..., D) -> dx (..., D), dgamma (D,), dbeta (D,)."""
     # BEGIN SOLUTION layernorm_backward
+    # With g = dout * gamma (the gradient reaching xhat), the three paths from
+    # x to xhat (directly, through mu, through var) add up to
+    #
+    #   dx = rstd * (g - mean(g) - xhat * mean(g * xhat))
+    #
+    # the means taken over the D features of each token. Dropping either mean
+    # term is the classic layer-norm bug: the gradient check catches both.
     xhat, rstd, gamma = cache
     D = xhat.shape[-1]
     # The sums over tokens and features below are matrix-vector products on

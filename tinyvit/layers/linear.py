@@ -40,14 +40,12 @@ def linear_forward(x: np.ndarray, W: np.ndarray, b: np.ndarray):
 
 
 def linear_backward(dout: np.ndarray, cache):
-    """dout (..., out) -> dx (..., in), dW (in, out), db (out,).
-
-    Reverses ``out = x @ W + b``:
-      dx = dout @ W.T          (each input feeds every output through W)
-      dW = x.T @ dout          (summed over all rows: batch and tokens)
-      db = sum of dout over rows
-    """
+    """dout (..., out) -> dx (..., in), dW (in, out), db (out,)."""
     # BEGIN SOLUTION linear_backward
+    # Reverses out = x @ W + b:
+    #   dx = dout @ W.T          (each input feeds every output through W)
+    #   dW = x.T @ dout          (summed over all rows: batch and tokens)
+    #   db = sum of dout over rows
     x2, W, lead = cache
     dout2 = dout.reshape(-1, W.shape[1])                 # (R, out)
     dx = (dout2 @ W.T).reshape(*lead, W.shape[0])        # (..., in)

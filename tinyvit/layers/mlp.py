@@ -154,12 +154,10 @@ def gelu_forward(x: np.ndarray, kind: str = "exact"):
 
 
 def gelu_backward(dout: np.ndarray, cache) -> np.ndarray:
-    """dout (...) -> dx (...).
-
-    exact: d/dx [x Phi(x)] = Phi(x) + x phi(x),  phi(x) = exp(-x^2/2) / sqrt(2 pi)
-    tanh:  d/dx [0.5 x (1 + t)] = 0.5 (1 + t) + 0.5 x (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2)
-    """
+    """dout (...) -> dx (...), for the GELU kind stored in the cache."""
     # BEGIN SOLUTION gelu_backward
+    # exact: d/dx [x Phi(x)] = Phi(x) + x phi(x),  phi(x) = exp(-x^2/2) / sqrt(2 pi)
+    # tanh:  d/dx [0.5 x (1 + t)] = 0.5 (1 + t) + 0.5 x (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2)
     x, kind, aux = cache
     # Each line below works in place on one buffer (no temporary arrays);
     # the comment on the right is the plain formula it builds.

@@ -29,12 +29,10 @@ def cls_forward(x: np.ndarray, cls: np.ndarray):
 
 
 def cls_backward(dout: np.ndarray, cache):
-    """dout (B, T, D) -> dx (B, N, D), dcls (1, 1, D).
-
-    dcls is the batch sum of the gradient at position 0: the token was copied
-    B times, and a copy's gradient adds up (the transpose of a broadcast).
-    """
+    """dout (B, T, D) -> dx (B, N, D), dcls (1, 1, D)."""
     # BEGIN SOLUTION cls_backward
+    # dcls is the batch sum of the gradient at position 0: the token was copied
+    # B times, and a copy's gradient adds up (the transpose of a broadcast).
     dx = dout[:, 1:, :]                                  # (B, N, D)
     dcls = dout[:, 0:1, :].sum(axis=0, keepdims=True)    # (1, 1, D)
     return dx, dcls
