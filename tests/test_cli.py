@@ -83,6 +83,23 @@ def test_predict_top_k(run, tmp_path, capsys):
     assert all(l.split()[1] in names for l in out[1:4])
 
 
+def test_attention_saves_cls_maps_and_rollout(run, tmp_path, capsys):
+    from tinyvit.viz import attention_rollout
+
+    img = (np.random.default_rng(1).random((16, 16, 3)) * 255).astype(np.uint8)
+    Image.fromarray(img).save(tmp_path / "c.png")
+    capsys.readouterr()
+    out_dir = tmp_path / "figs"
+    assert main(["attention", str(run), str(tmp_path / "c.png"), "--all-blocks", "--out", str(out_dir)]) == 0
+    out = capsys.readouterr().out
+    for name in ("c_cls_block0.png", "c_rollout.png", "c_cls_all_blocks.png"):   # depth 1: block -1 is 0
+        png = out_dir / name
+        assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+        assert str(png) in out
+    err = _one_line_error(capsys, main(["attention", str(run), str(tmp_path / "c.png"), "--block", "3"]))
+    assert "--block: expected a block index in [-1, 0], got 3" in err
+
+
 def test_resume_continues_to_the_same_end(run, tmp_path, capsys):
     out = tmp_path / "stopped"
     assert main(["train", *TINY, "--epochs", "2", "--out", str(out), "--quiet", "--max-steps", "5"]) == 0
@@ -137,5 +154,5 @@ def test_help_and_python_dash_m(capsys):
     proc = subprocess.run([sys.executable, "-m", "tinyvit", "--help"], capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 0
-    for cmd in ("train", "eval", "predict", "demo"):
+    for cmd in ("train", "eval", "predict", "attention", "demo"):
         assert cmd in proc.stdout

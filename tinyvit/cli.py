@@ -412,11 +412,14 @@ def _softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def cmd_predict(args) -> int:
+def _model_for_images(checkpoint: str):
+    """Load a tinyvit checkpoint, or a Google/timm file through interop, and say how its images
+    are prepared. Returns (model, class names, prepare) where prepare(path) gives
+    (x (1, H, W, C) as the model takes it, the same image in [0, 1] for display (H, W, C))."""
     from .checkpoint import load_checkpoint
     from .train import normalize_images
 
-    path = _resolve_checkpoint(args.checkpoint)
+    path = _resolve_checkpoint(checkpoint)
     if _is_tinyvit(path):
         ck = load_checkpoint(path)
         model = ck.model()
@@ -425,33 +428,73 @@ def cmd_predict(args) -> int:
         cfg = model.config
 
         def prepare(p):
-            x = _load_image(p, cfg.image_hw, cfg.in_channels)[None]         # (1, H, W, C)
-            return normalize_images(x, normalize).astype(cfg.dtype, copy=False)
-    else:
-        loaded = _foreign_model(path)
-        if loaded is None:
-            raise CLIError(f"{path}: not a tinyvit checkpoint (and tinyvit.interop is not available "
-                           "to read Google/timm files)")
-        model, info = loaded
-        names = info.get("class_names") or [str(k) for k in range(model.config.num_classes)]
-        from .imagenet import preprocess_imagenet, preprocess_kwargs
-        kw = preprocess_kwargs(info)
+            shown = _load_image(p, cfg.image_hw, cfg.in_channels)             # (H, W, C) in [0, 1]
+            x = normalize_images(shown[None], normalize).astype(cfg.dtype, copy=False)
+            return x, shown
+        return model, names, prepare
 
-        def prepare(p):
-            if not Path(p).is_file():
-                raise FileNotFoundError(f"image: file not found: {p}")
-            try:
-                return preprocess_imagenet(str(p), dtype=model.config.dtype, **kw)
-            except (OSError, SyntaxError) as e:
-                raise ValueError(f"{p}: could not read this image ({type(e).__name__}: {e})") from e
-    k = min(args.top_k, len(names))
+    loaded = _foreign_model(path)
+    if loaded is None:
+        raise CLIError(f"{path}: not a tinyvit checkpoint (and tinyvit.interop is not available "
+                       "to read Google/timm files)")
+    model, info = loaded
+    for note in info.get("notes") or []:
+        print(f"note: {note}")
+    names = info.get("class_names") or [str(k) for k in range(model.config.num_classes)]
+    from .imagenet import preprocess_imagenet, preprocess_kwargs
+    kw = preprocess_kwargs(info)
+
+    def prepare(p):
+        if not Path(p).is_file():
+            raise FileNotFoundError(f"image: file not found: {p}")
+        try:
+            x = preprocess_imagenet(str(p), dtype=model.config.dtype, **kw)    # (1, H, W, 3) in [-1, 1]
+        except (OSError, SyntaxError) as e:
+            raise ValueError(f"{p}: could not read this image ({type(e).__name__}: {e})") from e
+        mean, std = np.asarray(kw.get("mean", 0.5)), np.asarray(kw.get("std", 0.5))
+        return x, np.clip(x[0] * std + mean, 0.0, 1.0)
+    return model, names, prepare
+
+
+def _print_top_k(label, probs, names, k):
+    top = np.argsort(-probs, kind="stable")[:min(k, len(names))]
+    print(f"{label}:")
+    for rank, c in enumerate(top, 1):
+        print(f"  {rank}. {names[c]:<24} {probs[c]:.4f}")
+
+
+def cmd_predict(args) -> int:
+    model, names, prepare = _model_for_images(args.checkpoint)
     for img in args.images:
-        x = prepare(Path(img))
-        probs = _softmax(model(x))[0]                                         # (K,)
-        top = np.argsort(-probs, kind="stable")[:k]
-        print(f"{img}:")
-        for rank, c in enumerate(top, 1):
-            print(f"  {rank}. {names[c]:<24} {probs[c]:.4f}")
+        x, _ = prepare(Path(img))
+        _print_top_k(img, _softmax(model(x))[0], names, args.top_k)           # probs (K,)
+    return 0
+
+
+def cmd_attention(args) -> int:
+    from .viz import attention_rollout, plot_attention_grid, plot_cls_attention, plot_rollout
+
+    model, names, prepare = _model_for_images(args.checkpoint)
+    depth = model.config.depth
+    if not -depth <= args.block < depth:
+        raise CLIError(f"--block: expected a block index in [{-depth}, {depth - 1}], got {args.block}")
+    block = args.block % depth
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    grid = model.config.grid
+    for img in args.images:
+        x, shown = prepare(Path(img))
+        logits, cache = model.forward(x)
+        attn = cache["attn"]                                                   # depth x (1, h, T, T)
+        _print_top_k(img, _softmax(logits)[0], names, args.top_k)
+        stem = Path(img).stem
+        saved = [out / f"{stem}_cls_block{block}.png", out / f"{stem}_rollout.png"]
+        plot_cls_attention(shown, attn[block], grid, block=block, save=saved[0])   # figures use no
+        plot_rollout(shown, attention_rollout(attn, grid)[0], save=saved[1])       # pyplot state
+        if args.all_blocks:
+            saved.append(out / f"{stem}_cls_all_blocks.png")
+            plot_attention_grid(shown, attn, grid, save=saved[-1])
+        print(f"  saved: {', '.join(map(str, saved))}")
     return 0
 
 
@@ -475,6 +518,18 @@ def _add_eval_parsers(sub):
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files Pillow can open")
     p.add_argument("--top-k", type=_positive_int, default=5, help="how many classes to show (default 5)")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("attention", help="what the CLS token attends to in image files (PNG figures)",
+                       description="Run a tinyvit checkpoint (or a Google ViT / timm .npz) on image files "
+                                   "and save, for each, the CLS token's attention in one block (every "
+                                   "head over the image) and the attention rollout through all blocks.")
+    p.add_argument("checkpoint", help="a checkpoint.npz (or run directory), or a Google/timm ViT .npz")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files Pillow can open")
+    p.add_argument("--block", type=int, default=-1, help="which block's attention to show (default -1, the last)")
+    p.add_argument("--all-blocks", action="store_true", help="also save every block and head in one grid")
+    p.add_argument("--out", default="attention", help="folder for the PNG figures (default: attention/)")
+    p.add_argument("--top-k", type=_positive_int, default=3, help="how many classes to print (default 3)")
+    p.set_defaults(func=cmd_attention)
 
 
 # =========================================================== parser and main
