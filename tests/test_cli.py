@@ -84,8 +84,6 @@ def test_predict_top_k(run, tmp_path, capsys):
 
 
 def test_attention_saves_cls_maps_and_rollout(run, tmp_path, capsys):
-    from tinyvit.viz import attention_rollout
-
     img = (np.random.default_rng(1).random((16, 16, 3)) * 255).astype(np.uint8)
     Image.fromarray(img).save(tmp_path / "c.png")
     capsys.readouterr()
