@@ -11,10 +11,13 @@ How it measures, so the numbers can be trusted:
 * Every (framework, config) runs in its own fresh worker process
   (``python -m tinyvit.bench --worker ...``). The parent only sends "step"
   commands and collects timings, so the workers' steps alternate: numpy,
-  torch, numpy, torch, ... and background load hits both alike. A pause of
-  0.25 s after each step (``--gap``) lets the previous worker's threads go to
-  sleep first: OpenBLAS's idle threads spin for about 2^28 cycles (~0.1 s)
-  after a product, and would otherwise slow down whichever worker runs next.
+  torch, numpy, torch, ... in turns of 5 consecutive steps each (``--block``;
+  consecutive, as in a training loop: a step that follows an idle pause runs
+  up to twice as slow on small models), so background load hits both alike.
+  A pause of 0.25 s after each turn (``--gap``) lets the previous worker's
+  threads go to sleep first: OpenBLAS's idle threads spin for about 2^28
+  cycles (~0.1 s) after a product, and would otherwise slow down whichever
+  worker runs next.
 * The workers' environment is set *before* they start, which is the only way
   to set process-wide knobs such as ``OPENBLAS_NUM_THREADS`` (read once when
   NumPy loads its BLAS) and glibc's allocator settings
@@ -212,18 +215,21 @@ def _batch(bc: BenchConfig, seed: int = 0):
 
 
 class NumpyRunner:
-    """tinyvit's training step: loss_and_grads then AdamW.step."""
+    """tinyvit's training step: loss_and_grads then AdamW.step. With split > 1 the batch
+    is split over that many threads (tinyvit.parallel.BatchSplitter), one BLAS thread each."""
 
-    def __init__(self, bc: BenchConfig, gelu: str):
+    def __init__(self, bc: BenchConfig, gelu: str, split: int = 1):
         from .model import ViT
+        from .parallel import BatchSplitter
         self.images, self.labels = _batch(bc)
         self.base_rss = _maxrss_bytes()
         self.model = ViT(bc.vit_config(gelu))
+        self.splitter = BatchSplitter(self.model, split)
         self.opt = _numpy_adamw()
 
     def step(self) -> float:
         t0 = time.perf_counter()
-        loss, grads, _ = self.model.loss_and_grads(self.images, self.labels)
+        loss, grads, _ = self.splitter.loss_and_grads(self.images, self.labels)
         self.opt.step(self.model.params, grads)
         return time.perf_counter() - t0
 
@@ -427,7 +433,7 @@ def _worker(spec: dict) -> int:
     if spec["framework"] == "torch":
         runner = TorchRunner(bc, spec["gelu"], spec["threads"])
     else:
-        runner = NumpyRunner(bc, spec["gelu"])
+        runner = NumpyRunner(bc, spec["gelu"], spec.get("split", 1))
     send({"ready": True})
     for line in sys.stdin:
         cmd = json.loads(line)
@@ -436,6 +442,10 @@ def _worker(spec: dict) -> int:
         elif cmd["cmd"] == "mem":
             send({"peak_bytes": _maxrss_bytes() - runner.base_rss})
         elif cmd["cmd"] == "profile":
+            # per-stage times only add up on one thread: profile without the batch split
+            if spec.get("split", 1) > 1:
+                from .parallel import BatchSplitter
+                runner.splitter = BatchSplitter(runner.model, 1)
             totals, steps = {}, []
             with stage_timers(totals):
                 for _ in range(cmd["steps"]):
@@ -443,7 +453,7 @@ def _worker(spec: dict) -> int:
             total = sum(steps)
             totals["everything else"] = total - sum(totals.values())
             send({"stages": {k: v / len(steps) for k, v in totals.items()},
-                  "step": total / len(steps)})
+                  "step": total / len(steps), "one_thread": spec.get("split", 1) > 1})
         elif cmd["cmd"] == "quit":
             break
     return 0
@@ -487,13 +497,23 @@ def torch_available() -> bool:
 
 
 def run_bench(configs, threads=2, steps=20, warmup=3, use_torch=None, gelus=("exact",),
-              profile=False, gap=0.25, malloc_tuning=True, log=print) -> dict:
-    """Run the benchmark; returns the JSON-able results (also what --json writes)."""
+              profile=False, gap=0.25, malloc_tuning=True, split=True, block=5,
+              log=print) -> dict:
+    """Run the benchmark; returns the JSON-able results (also what --json writes).
+
+    split: tinyvit splits each batch over ``threads`` Python threads with one BLAS thread
+    each (so its elementwise work uses every core too); without it, tinyvit runs one
+    Python thread with ``threads`` BLAS threads. PyTorch always gets ``threads`` threads.
+    block: the workers take turns, each running ``block`` consecutive steps (as a training
+    loop runs them), with a pause of ``gap`` seconds between turns.
+    """
     if use_torch is None:
         use_torch = torch_available()
     env = worker_env(threads, malloc_tuning)
+    numpy_env = worker_env(1, malloc_tuning) if split else env
+    n_split = threads if split else 1
     result = {"machine": machine_info(threads), "steps": steps, "warmup": warmup,
-              "malloc_tuning": malloc_tuning, "configs": {}}
+              "malloc_tuning": malloc_tuning, "tinyvit_split": n_split, "configs": {}}
     # The matmul peak is measured before and after the configs and the larger value
     # kept: background load can only lower a measurement, never raise it.
     p = _measure_peak(env)
@@ -508,19 +528,22 @@ def run_bench(configs, threads=2, steps=20, warmup=3, use_torch=None, gelus=("ex
         try:
             for fw, g in runs:
                 spec = {"framework": fw, "gelu": g, "threads": threads, "name": name,
-                        "config": bc.__dict__}
-                workers[(fw, g)] = w = _Worker(spec, env)
+                        "config": bc.__dict__, "split": n_split}
+                workers[(fw, g)] = w = _Worker(spec, numpy_env if fw == "numpy" else env)
                 w.ask()                                  # ready
+            for key, w in workers.items():               # warm-up, then the memory reading
+                for _ in range(max(warmup, 1)):
+                    w.ask(cmd="step")
+            mem = {key: w.ask(cmd="mem")["peak_bytes"] for key, w in workers.items()}
             times = {key: [] for key in workers}
-            for i in range(warmup + steps):              # alternate: one step each, in turn
+            done = 0
+            while done < steps:                          # alternate: `block` steps each, in turn
+                n = min(block, steps - done)
                 for key, w in workers.items():
-                    t = w.ask(cmd="step")["t"]
-                    if i >= warmup:
-                        times[key].append(t)
+                    times[key] += [w.ask(cmd="step")["t"] for _ in range(n)]
                     if gap:
                         time.sleep(gap)
-                if i == warmup - 1 or (warmup == 0 and i == 0):
-                    mem = {key: w.ask(cmd="mem")["peak_bytes"] for key, w in workers.items()}
+                done += n
             entry = {"config": bc.__dict__, "description": bc.describe(),
                      "matmul_gflop_per_step": flops["step"] / 1e9, "results": {}}
             for (fw, g), ts in times.items():
@@ -578,7 +601,9 @@ def _machine_line(result) -> str:
             f"BLAS {blas['name']} {blas['version']}{kernel}{extra}, {m['threads']} threads, "
             f"load average {m['loadavg']}; malloc tuning "
             f"{'on' if result['malloc_tuning'] else 'off'}; float32 matmul peak measured with "
-            f"(2048 x 2048) @ (2048 x 2048) products on {m['threads']} threads")
+            f"(2048 x 2048) @ (2048 x 2048) products on {m['threads']} threads; tinyvit: "
+            + (f"batch split over {result['tinyvit_split']} threads, 1 BLAS thread each"
+               if result.get("tinyvit_split", 1) > 1 else "one thread, BLAS threads as above"))
 
 
 def format_entry(name: str, entry: dict) -> str:
@@ -596,7 +621,9 @@ def format_entry(name: str, entry: dict) -> str:
         lines.append(f"  exact / tanh GELU step time: {entry['ratio_exact_over_tanh']:.2f}x")
     if "profile" in entry:
         prof = entry["profile"]
-        lines.append(f"  profile (tinyvit, mean of steps, {prof['step'] * 1e3:.1f} ms per step):")
+        lines.append(f"  profile (tinyvit, mean of steps, {prof['step'] * 1e3:.1f} ms per step"
+                     + ("; run on one thread, without the batch split" if prof.get("one_thread") else "")
+                     + "):")
         for stage, t in sorted(prof["stages"].items(), key=lambda kv: -kv[1]):
             lines.append(f"    {stage:<20}{t * 1e3:>8.1f} ms {100 * t / prof['step']:>5.1f}%")
         lines.append(f"    ({prof['note']})")
@@ -621,6 +648,7 @@ def cmd_bench(args) -> int:
     check_int("--threads", args.threads, minimum=1)
     check_int("--steps", args.steps, minimum=1)
     check_int("--warmup", args.warmup, minimum=0)
+    check_int("--block", args.block, minimum=1)
     if args.torch and not torch_available():
         raise ValueError("--torch: expected PyTorch to be installed, got no module named 'torch' "
                          "(use --no-torch, or pip install torch)")
@@ -631,7 +659,8 @@ def cmd_bench(args) -> int:
     gelus = tuple(dict.fromkeys(args.gelu))
     result = run_bench(args.config, threads=args.threads, steps=args.steps, warmup=args.warmup,
                        use_torch=args.torch, gelus=gelus, profile=args.profile,
-                       gap=args.gap, malloc_tuning=args.malloc_tuning)
+                       gap=args.gap, malloc_tuning=args.malloc_tuning, split=args.split,
+                       block=args.block)
     if args.json:
         _write_json(args.json, result)
         print(f"\nwrote {args.json}")
@@ -656,10 +685,15 @@ def add_command(subparsers) -> None:
                    help="GELU of the models; two values time tinyvit with both (default exact)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     p.add_argument("--gap", type=float, default=0.25,
-                   help="seconds of pause after each step so the other worker's threads idle")
+                   help="seconds of pause after each turn so the other worker's threads idle")
     p.add_argument("--malloc-tuning", action=argparse.BooleanOptionalAction, default=True,
                    help="start the workers with glibc malloc settings that reuse freed pages "
                         "(default on, for both frameworks)")
+    p.add_argument("--block", type=int, default=5,
+                   help="consecutive steps per turn when the workers alternate (default 5)")
+    p.add_argument("--split", action=argparse.BooleanOptionalAction, default=True,
+                   help="tinyvit splits each batch over --threads Python threads with one BLAS "
+                        "thread each (default); --no-split: one thread with --threads BLAS threads")
     p.set_defaults(func=cmd_bench)
 
 

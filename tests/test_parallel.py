@@ -1,0 +1,39 @@
+"""Splitting the batch across threads gives the whole batch's loss and gradients."""
+
+import numpy as np
+import pytest
+
+from tinyvit import ViT, ViTConfig
+from tinyvit.parallel import BatchSplitter
+
+
+@pytest.mark.parametrize("workers, batch", [(2, 8), (3, 10), (2, 7)])
+def test_split_batch_matches_the_whole_batch(workers, batch):
+    cfg = ViTConfig(image_size=8, in_channels=2, patch_size=4, dim=8, depth=2, heads=2, mlp_dim=12,
+                    num_classes=3, dtype="float64")
+    model = ViT(cfg)
+    rng = np.random.default_rng(0)
+    for v in model.params.values():
+        v += rng.standard_normal(v.shape) * 0.3
+    images = rng.random((batch, 8, 8, 2))
+    labels = rng.integers(0, 3, batch)
+    loss, grads, logits = model.loss_and_grads(images, labels, 0.1)
+    with BatchSplitter(model, workers) as split:
+        loss_s, grads_s, logits_s = split.loss_and_grads(images, labels, 0.1)
+        again = split.loss_and_grads(images, labels, 0.1)
+    assert loss_s == pytest.approx(loss, rel=1e-13)
+    np.testing.assert_allclose(logits_s, logits, rtol=1e-13, atol=1e-14)
+    for k in grads:
+        np.testing.assert_allclose(grads_s[k], grads[k], rtol=1e-10, atol=1e-14, err_msg=k)
+        np.testing.assert_array_equal(again[1][k], grads_s[k])               # deterministic
+
+
+def test_float32_stays_float32_and_bad_workers():
+    model = ViT(ViTConfig(image_size=8, in_channels=1, patch_size=4, dim=8, depth=1, heads=2,
+                          mlp_dim=8, num_classes=3))
+    images = np.random.default_rng(1).random((6, 8, 8, 1), dtype=np.float32)
+    with BatchSplitter(model, 2) as split:
+        _, grads, logits = split.loss_and_grads(images, np.array([0, 1, 2, 0, 1, 2]))
+    assert logits.dtype == np.float32 and all(g.dtype == np.float32 for g in grads.values())
+    with pytest.raises(ValueError, match="workers: expected an integer >= 1, got 0"):
+        BatchSplitter(model, 0)
