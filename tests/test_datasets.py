@@ -787,3 +787,9 @@ def test_iterator_errors(kwargs, word):
         BatchIterator(ds, **{"batch_size": 4, **kwargs})
     with pytest.raises((ValueError, TypeError), match="pad"):
         Augment(pad=-1)
+
+
+def test_the_suite_cannot_reach_the_network():
+    """conftest.py blocks every non-file URL, so a loader that forgot a local file fails loudly."""
+    with pytest.raises(AssertionError, match="tried to reach the network: https://example.invalid/x"):
+        urllib.request.urlopen("https://example.invalid/x")
