@@ -49,7 +49,6 @@ import datetime
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -202,6 +201,7 @@ def worker_env(threads: int, malloc_tuning: bool = True) -> dict:
 
 
 def _maxrss_bytes() -> int:
+    import resource                                      # Unix only: imported when measuring
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return r if sys.platform == "darwin" else r * 1024   # Linux reports KiB
 

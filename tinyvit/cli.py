@@ -4,7 +4,11 @@
   tinyvit train --dataset mnist-test-split --data-dir ../shared/data --model mnist
   tinyvit eval runs/shapes/checkpoint.npz               accuracy, per class, confusion matrix
   tinyvit predict runs/shapes/checkpoint.npz img.png    top-5 classes of image files
+  tinyvit attention runs/shapes img.png  what the CLS token attends to (PNG figures)
   tinyvit demo                           a model summary and a gradient check
+  tinyvit bench                          time training steps, next to PyTorch when installed
+  tinyvit assignment build hw1           a student edition with blanked backward passes
+  tinyvit assignment grade hw1           grade it with the gradient checks
 
 Run ``tinyvit COMMAND --help`` for the options of each command.
 """
