@@ -186,6 +186,17 @@ def test_gelu_values_and_tanh_approximation():
         L.gelu_forward(x, "relu")
 
 
+def test_float32_gelu_is_close_to_float64_across_blocks(rng):
+    """The float32 exact GELU runs in blocks of rows; every block (and a 0-d input) is right."""
+    x = (rng.standard_normal((3000, 40)) * 3).astype(np.float32)       # several blocks
+    out, (_, _, cdf) = L.gelu_forward(x, "exact")
+    ref_out, (_, _, ref_cdf) = L.gelu_forward(x.astype(np.float64), "exact")
+    assert out.dtype == np.float32 and cdf.dtype == np.float32
+    assert np.abs(out - ref_out).max() < 2e-6 and np.abs(cdf - ref_cdf).max() < 5e-7   # A&S: ~3e-7
+    scalar = L.gelu_forward(np.array(1.5, np.float32), "exact")[0]
+    assert scalar.shape == () and abs(float(scalar) - 1.5 * 0.5 * (1 + math.erf(1.5 / math.sqrt(2)))) < 1e-6
+
+
 def test_attention_probabilities_are_cached_and_normalised(rng):
     D, h = 8, 2
     x = randn(rng, 3, 5, D)
