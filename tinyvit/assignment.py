@@ -831,7 +831,7 @@ def _cmd_build(args) -> int:
     names = ", ".join(summary["parts"]) or "none"
     print(f"Wrote the student edition to {summary['outdir']}")
     print(f"  blanked {len(summary['parts'])} parts ({summary['points']} points): {names}")
-    print(f"  hand out the folder; to grade a copy handed back: tinyvit assignment grade FOLDER")
+    print("  hand out the folder; to grade a copy handed back: tinyvit assignment grade FOLDER")
     return 0
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import os
 import sys
 from pathlib import Path
@@ -221,7 +220,7 @@ def cmd_train(args) -> int:
     from . import ViT, ViTConfig
     from .checkpoint import load_checkpoint
     from .datasets import channel_stats
-    from .train import CHECKPOINT_NAME, TrainConfig, evaluate, plot_history, train
+    from .train import CHECKPOINT_NAME, TrainConfig, plot_history, train
 
     resume = None
     if args.resume is not None:

@@ -28,7 +28,7 @@
 # %%
 import numpy as np
 
-from _setup import FIGURES, QUICK, show   # see tutorials/_setup.py
+from _setup import FIGURES, show   # see tutorials/_setup.py
 from tinyvit.gradcheck import check_layer, format_errors, numerical_vjp, rel_error
 from tinyvit.layers import layernorm_backward, layernorm_forward
 

@@ -32,7 +32,7 @@
 # %%
 import numpy as np
 
-from _setup import FIGURES, QUICK, show   # see tutorials/_setup.py
+from _setup import FIGURES, show   # see tutorials/_setup.py
 from tinyvit import ViT, ViTConfig, viz
 from tinyvit.datasets import make_shapes
 from tinyvit.gradcheck import check_layer, format_errors, numerical_vjp, rel_error

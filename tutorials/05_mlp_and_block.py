@@ -29,7 +29,7 @@
 # %%
 import numpy as np
 
-from _setup import FIGURES, QUICK, show   # see tutorials/_setup.py
+from _setup import FIGURES, show   # see tutorials/_setup.py
 from tinyvit.gradcheck import check_layer, format_errors, numerical_vjp, rel_error
 from tinyvit.layers import (BLOCK_PARAMS, attention_backward, attention_forward, block_backward,
                             block_forward, erf, gelu_backward, gelu_forward, layernorm_backward,
