@@ -128,8 +128,9 @@ def test_float32_gelu_is_close_to_float64():
     assert d32.dtype == np.float32
     assert np.abs(d32 - d64).max() < 2e-6
     with np.errstate(invalid="ignore"):                 # -inf * Phi(-inf) = -inf * 0
-        cdf = gelu_forward(np.array([np.inf, -np.inf], np.float32))[1][2]
+        cdf, pdf = gelu_forward(np.array([np.inf, -np.inf], np.float32))[1][2]
     np.testing.assert_array_equal(cdf, [1.0, 0.0])          # Phi at the infinities
+    np.testing.assert_array_equal(pdf, [0.0, 0.0])          # and phi
 
 
 def test_float32_tanh_gelu_matches_its_formula():

@@ -69,7 +69,7 @@ def bad_linear_backward(dout, cache):
 
 def bad_gelu_backward(dout, cache):
     """Keeps only Phi(x) of the exact GELU derivative, dropping x * phi(x)."""
-    x, kind, cdf = cache
+    x, kind, (cdf, pdf) = cache
     return dout * cdf
 
 

@@ -188,11 +188,13 @@ def test_gelu_values_and_tanh_approximation():
 
 def test_float32_gelu_is_close_to_float64_across_blocks(rng):
     """The float32 exact GELU runs in blocks of rows; every block (and a 0-d input) is right."""
-    x = (rng.standard_normal((3000, 40)) * 3).astype(np.float32)       # several blocks
-    out, (_, _, cdf) = L.gelu_forward(x, "exact")
-    ref_out, (_, _, ref_cdf) = L.gelu_forward(x.astype(np.float64), "exact")
-    assert out.dtype == np.float32 and cdf.dtype == np.float32
+    x = (rng.standard_normal((3000, 200)) * 3).astype(np.float32)      # several blocks
+    assert x.shape[0] > 2 * (L.mlp._BLOCK // x.shape[1])
+    out, (_, _, (cdf, pdf)) = L.gelu_forward(x, "exact")
+    ref_out, (_, _, (ref_cdf, ref_pdf)) = L.gelu_forward(x.astype(np.float64), "exact")
+    assert out.dtype == cdf.dtype == pdf.dtype == np.float32
     assert np.abs(out - ref_out).max() < 2e-6 and np.abs(cdf - ref_cdf).max() < 5e-7   # A&S: ~3e-7
+    assert np.abs(pdf - ref_pdf).max() < 1e-7
     scalar = L.gelu_forward(np.array(1.5, np.float32), "exact")[0]
     assert scalar.shape == () and abs(float(scalar) - 1.5 * 0.5 * (1 + math.erf(1.5 / math.sqrt(2)))) < 1e-6
 

@@ -102,7 +102,8 @@ PARTS = (
           "cache is the dict attention_forward built"),
     _part("gelu_backward", 5, "backward",
           "return dx (...), same shape as dout, for both kinds 'exact' and 'tanh'; "
-          "cache is what gelu_forward returned"),
+          "cache = (x, kind, aux) from gelu_forward: aux = (Phi(x), phi(x)) for 'exact', "
+          "t = tanh(...) for 'tanh'"),
     _part("mlp_backward", 5, "backward",
           "return (dx (..., D), dW1 (D, M), db1 (M,), dW2 (M, D), db2 (D,)): "
           "undo fc2, GELU and fc1 in reverse order"),
