@@ -39,6 +39,12 @@ def test_flops_match_a_hand_count():
     assert f["forward_total"] == 13984
     assert f["backward_total"] == 2 * 13984                 # input and weight gradients
     assert f["step"] == 3 * 13984
+    # The last (here the only) block on the CLS token alone: one query row (Q = 1 instead
+    # of T = 5) for the scores, the mix, the projection and the MLP; qkv still runs on all.
+    c = matmul_flops(cfg, batch=2, last_block_cls_only=True)
+    assert c["forward"] == {"patch_embed": 2048, "qkv": 3840, "scores q@k^T": 160,
+                            "mix A@v": 160, "proj": 256, "fc1": 512, "fc2": 512, "head": 96}
+    assert c["step"] == 3 * 7584
 
 
 def test_flops_scale_with_depth_and_batch():
@@ -78,10 +84,14 @@ def test_bench_runs_end_to_end_and_writes_json(tmp_path, capsys):
     entry = res["configs"]["tiny"]
     bc = CONFIGS["tiny"]
     assert entry["matmul_gflop_per_step"] == pytest.approx(matmul_flops(bc, bc.batch)["step"] / 1e9)
+    ours = matmul_flops(bc, bc.batch, last_block_cls_only=True)["step"] / 1e9
+    assert entry["tinyvit_matmul_gflop_per_step"] == pytest.approx(ours)
+    assert res["tinyvit_last_block"] == "CLS token only"
     for key in ("numpy/exact", "numpy/tanh"):
         r = entry["results"][key]
         assert len(r["step_ms_all"]) == 2
         assert r["step_ms"] > 0 and r["images_per_s"] == pytest.approx(bc.batch / r["step_ms"] * 1e3)
+        assert r["achieved_gflops"] == pytest.approx(ours / r["step_ms"] * 1e3)   # what it runs
         assert r["mfu"] == pytest.approx(r["achieved_gflops"] / res["peak_gflops"])
         assert r["peak_mem_mb"] >= 0
     stages = entry["profile"]["stages"]
@@ -89,6 +99,16 @@ def test_bench_runs_end_to_end_and_writes_json(tmp_path, capsys):
                            "everything else"}
     assert entry["ratio_exact_over_tanh"] > 0
     assert not any(p.name.startswith(".bench-") for p in tmp_path.iterdir())   # atomic write
+
+
+def test_bench_full_last_block_counts_the_full_flops(tmp_path):
+    out = tmp_path / "b.json"
+    assert main(["bench", "--config", "tiny", "--steps", "1", "--warmup", "1", "--no-torch",
+                 "--gap", "0", "--full-last-block", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    entry = res["configs"]["tiny"]
+    assert res["tinyvit_last_block"] == "all tokens"
+    assert entry["tinyvit_matmul_gflop_per_step"] == entry["matmul_gflop_per_step"]
 
 
 def test_bench_with_torch_reports_the_ratio(tmp_path):

@@ -52,13 +52,27 @@ def test_softmax_grad(rng):
     assert_grads_ok(check_layer(L.softmax_forward, L.softmax_backward, {"x": randn(rng, 2, 3, 5)}))
 
 
-@pytest.mark.parametrize("heads", [1, 2, 3])
-def test_attention_grad(rng, heads):
+@pytest.mark.parametrize("heads, queries", [(1, None), (2, None), (3, None), (2, 1), (3, 3)])
+def test_attention_grad(rng, heads, queries):
     D = 6
     inputs = {"x": randn(rng, 2, 5, D), "Wqkv": randn(rng, D, 3 * D, scale=0.5),
               "bqkv": randn(rng, 3 * D), "Wproj": randn(rng, D, D), "bproj": randn(rng, D)}
     assert_grads_ok(check_layer(L.attention_forward, L.attention_backward, inputs,
-                                kwargs={"heads": heads}))
+                                kwargs={"heads": heads, "queries": queries}))
+
+
+def test_attention_with_queries_is_the_first_rows_of_the_full_output(rng):
+    """queries=n gives exactly the first n rows of the full attention, and its A is
+    the first n rows of the full A: the other tokens only stop asking."""
+    D, T = 6, 5
+    args = (randn(rng, 2, T, D), randn(rng, D, 3 * D, scale=0.5), randn(rng, 3 * D),
+            randn(rng, D, D), randn(rng, D))
+    full, c_full = L.attention_forward(*args, heads=3)
+    for n in (1, 2):
+        part, c_part = L.attention_forward(*args, heads=3, queries=n)
+        assert part.shape == (2, n, D) and c_part["attn"].shape == (2, 3, n, T)
+        np.testing.assert_allclose(part, full[:, :n], rtol=1e-13, atol=1e-14)
+        np.testing.assert_allclose(c_part["attn"], c_full["attn"][:, :, :n], rtol=1e-13, atol=1e-15)
 
 
 @pytest.mark.parametrize("kind", ["exact", "tanh"])
@@ -83,13 +97,13 @@ def block_params(rng, D, M):
             "mlp.fc2.W": randn(rng, M, D, scale=0.5), "mlp.fc2.b": randn(rng, D, scale=0.3)}
 
 
-def block_errors(rng, gelu="exact"):
+def block_errors(rng, gelu="exact", queries=None):
     """Relative error of the block's input gradient and of each parameter gradient."""
     p = block_params(rng, 6, 10)
     x = randn(rng, 2, 4, 6)
 
     def fwd(x, **params):
-        return L.block_forward(x, params, heads=2, gelu=gelu)
+        return L.block_forward(x, params, heads=2, gelu=gelu, queries=queries)
 
     def bwd(dout, cache):
         dx, g = L.block_backward(dout, cache)
@@ -98,9 +112,9 @@ def block_errors(rng, gelu="exact"):
     return check_layer(fwd, bwd, {"x": x, **p})
 
 
-@pytest.mark.parametrize("gelu", ["exact", "tanh"])
-def test_block_grad(rng, gelu):
-    assert_grads_ok(block_errors(rng, gelu))
+@pytest.mark.parametrize("gelu, queries", [("exact", None), ("tanh", None), ("exact", 1)])
+def test_block_grad(rng, gelu, queries):
+    assert_grads_ok(block_errors(rng, gelu, queries))
 
 
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])

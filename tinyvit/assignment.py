@@ -99,7 +99,8 @@ PARTS = (
           "A (..., T)"),
     _part("attention_backward", 20, "backward",
           "return (dx (B, T, D), dWqkv (D, 3D), dbqkv (3D,), dWproj (D, D), dbproj (D,)); "
-          "cache is the dict attention_forward built"),
+          "cache is the dict attention_forward built; dout is (B, n, D) and cache['attn'] "
+          "(B, h, n, T), n < T when only the first n tokens asked (queries=n): the others' dq is 0"),
     _part("gelu_backward", 5, "backward",
           "return dx (...), same shape as dout, for both kinds 'exact' and 'tanh'; "
           "cache = (x, kind, aux) from gelu_forward: aux = (Phi(x), phi(x)) for 'exact', "
@@ -109,7 +110,8 @@ PARTS = (
           "undo fc2, GELU and fc1 in reverse order"),
     _part("block_backward", 10, "backward",
           "return (dx (B, T, D), grads), grads a dict with the 12 names of BLOCK_PARAMS; "
-          "each residual sends dout down two paths"),
+          "each residual sends dout down two paths; with queries=n, dout is (B, n, D) and "
+          "the straight paths reach only the first n rows"),
     _part("cls_backward", 5, "backward",
           "return (dx (B, N, D), dcls (1, 1, D)): dcls sums position 0's gradient over the batch"),
     _part("pos_backward", 2, "backward",
@@ -657,10 +659,11 @@ def _check_softmax_backward(c):
 
 def _check_attention_backward(c):
     D = 4
-    c.pair("attention_forward", "attention_backward",
-           [("x", c.normal(2, 3, D)), ("Wqkv", c.normal(D, 3 * D, scale=0.5)),
-            ("bqkv", c.normal(3 * D, scale=0.1)), ("Wproj", c.normal(D, D, scale=0.5)),
-            ("bproj", c.normal(D, scale=0.1))], extra=(2,))
+    inputs = [("x", c.normal(2, 3, D)), ("Wqkv", c.normal(D, 3 * D, scale=0.5)),
+              ("bqkv", c.normal(3 * D, scale=0.1)), ("Wproj", c.normal(D, D, scale=0.5)),
+              ("bproj", c.normal(D, scale=0.1))]
+    c.pair("attention_forward", "attention_backward", inputs, extra=(2,))
+    c.pair("attention_forward", "attention_backward", inputs, extra=(2, 1), prefix="queries=1: ")
 
 
 def _check_gelu_backward(c):
@@ -704,10 +707,16 @@ def _check_block_backward(c):
         shift = 1.0 if name.endswith("gamma") else 0.0
         p[name] = c.normal(*shape, scale=0.5 if name.endswith(".W") else 0.2, shift=shift)
     x = c.normal(2, 3, D)
-    truth = lambda: c.R.block_forward(x, p, heads, "exact")[0]
+    for queries in (None, 1):
+        _check_block_pair(c, x, p, heads, queries, "" if queries is None else "queries=1: ")
+
+
+def _check_block_pair(c, x, p, heads, queries, prefix):
+    np = c.np
+    truth = lambda: c.R.block_forward(x, p, heads, "exact", queries)[0]
     dout = c.rng.standard_normal(np.shape(truth()))
     _, cache = c.out_and_cache(
-        c.S.block_forward(x.copy(), {k: v.copy() for k, v in p.items()}, heads, "exact"),
+        c.S.block_forward(x.copy(), {k: v.copy() for k, v in p.items()}, heads, "exact", queries),
         "block_forward")
     given = dout.copy()
     result = c.own["block_backward"](given, cache)
@@ -715,13 +724,13 @@ def _check_block_backward(c):
         raise _Wrong("expected the pair (dx, grads) with grads a dict, got "
                      f"{type(result).__name__}")
     dx, grads = result
-    c.compare("dout unchanged", given, dout)
-    c.compare("dx", dx, c.numerical_vjp(truth, x, dout))
+    c.compare(prefix + "dout unchanged", given, dout)
+    c.compare(prefix + "dx", dx, c.numerical_vjp(truth, x, dout))
     for name in _BLOCK_SHAPES:
         if name not in grads:
-            c._fail("d" + name, "missing from the grads dict")
+            c._fail(prefix + "d" + name, "missing from the grads dict")
             continue
-        c.compare("d" + name, grads[name], c.numerical_vjp(truth, p[name], dout))
+        c.compare(prefix + "d" + name, grads[name], c.numerical_vjp(truth, p[name], dout))
 
 
 def _check_softmax(c):

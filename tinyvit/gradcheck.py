@@ -92,16 +92,18 @@ def check_layer(forward, backward, inputs: dict, wrt=None, kwargs=None, seed: in
 
 
 def check_model(model, images: np.ndarray, labels: np.ndarray | None = None, seed: int = 0,
-                h: float = 1e-6, max_entries: int | None = None) -> dict[str, float]:
+                h: float = 1e-6, max_entries: int | None = None,
+                last_block_cls_only: bool = False) -> dict[str, float]:
     """Check every parameter gradient of a whole model (use a float64 model).
 
     With labels, checks the cross-entropy loss's gradients; without, the
     backward from a random upstream gradient on the logits. max_entries
     checks only that many randomly chosen entries of each larger tensor.
+    last_block_cls_only checks the backward of that forward (what training runs).
     Returns {param name: relative error}; "images" is included too.
     """
     rng = np.random.default_rng(seed)
-    logits, cache = model.forward(images)
+    logits, cache = model.forward(images, last_block_cls_only=last_block_cls_only)
     if labels is not None:                       # L = cross-entropy loss, a scalar
         from .layers import softmax_cross_entropy
         _, dlogits = softmax_cross_entropy(logits, labels)

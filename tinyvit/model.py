@@ -232,11 +232,25 @@ class ViT:
         check_array("images", images, kind="f", dtype=cfg.dtype, finite=True)
 
     # --- forward and backward --------------------------------------------------
-    def forward(self, images: np.ndarray):
+    def forward(self, images: np.ndarray, last_block_cls_only: bool = False):
         """images (B, H, W, C) -> (logits (B, K), cache). cache["attn"][i] is block i's
-        attention probabilities (B, h, T, T); row 0 is what the CLS token attends to."""
+        attention probabilities (B, h, T, T); row 0 is what the CLS token attends to.
+
+        last_block_cls_only (pool="cls" only): with CLS pooling the head reads nothing but
+        the CLS token's final state, so the last block need only compute that one token:
+        its query, its attention row, its residuals and MLP (every token still offers its
+        key and value). The logits and every gradient are the same as the full forward's,
+        for (T-1)/T less of the last block's MLP and projection work. loss_and_grads runs
+        this way; cache["attn"][-1] is then (B, h, 1, T), the CLS row alone.
+        """
         self._check_images(images)
         cfg, p = self.config, self.params
+        if not isinstance(last_block_cls_only, bool):
+            raise TypeError(f"last_block_cls_only: expected True or False, "
+                            f"got {type(last_block_cls_only).__name__}")
+        if last_block_cls_only and cfg.pool != "cls":
+            raise ValueError(f"last_block_cls_only: needs pool='cls' (with mean pooling the head "
+                             f"reads every patch token), got pool={cfg.pool!r}")
         cache = {}
         x, cache["patchify"] = patchify_forward(images, cfg.patch_size)    # (B, N, P*P*C)
         x, cache["embed"] = linear_forward(x, p["patch_embed.W"], p["patch_embed.b"])  # (B, N, D)
@@ -246,9 +260,10 @@ class ViT:
         cache["blocks"] = []
         for i in range(cfg.depth):
             bp = {k: p[f"blocks.{i}.{k}"] for k in BLOCK_PARAMS}
-            x, c = block_forward(x, bp, cfg.heads, cfg.gelu)               # (B, T, D)
+            queries = 1 if last_block_cls_only and i == cfg.depth - 1 else None
+            x, c = block_forward(x, bp, cfg.heads, cfg.gelu, queries)      # (B, T, D), (B, 1, D)
             cache["blocks"].append(c)
-        x, cache["norm"] = layernorm_forward(x, p["norm.gamma"], p["norm.beta"])  # (B, T, D)
+        x, cache["norm"] = layernorm_forward(x, p["norm.gamma"], p["norm.beta"])  # (B, T or 1, D)
         if cfg.pool == "cls":
             pooled = x[:, 0, :]                                            # (B, D)
         else:
@@ -265,7 +280,7 @@ class ViT:
         is the gradient with respect to the input images.
         """
         cfg = self.config
-        B, T, D = cache["shape"]
+        B, T, D = cache["shape"]                         # T = 1 after a CLS-only last block
         check_array("dlogits", dlogits, ndim=2, kind="f", dtype=cfg.dtype)
         if dlogits.shape != (B, cfg.num_classes):
             raise ValueError(f"dlogits: expected shape {(B, cfg.num_classes)}, got {dlogits.shape}")
@@ -299,14 +314,20 @@ class ViT:
         """One (B, h, T, T) array of attention probabilities per block."""
         return self.forward(images)[1]["attn"]
 
-    def loss_and_grads(self, images, labels, label_smoothing: float = 0.0):
-        """Softmax cross-entropy on a batch: returns (loss, grads, logits)."""
+    def loss_and_grads(self, images, labels, label_smoothing: float = 0.0,
+                       last_block_cls_only: bool | None = None):
+        """Softmax cross-entropy on a batch: returns (loss, grads, logits).
+
+        last_block_cls_only: None (the default) runs the last block on the CLS token
+        alone whenever pool="cls" (same results, less work; see forward)."""
         check_labels("labels", labels, self.config.num_classes,
                      batch=images.shape[0] if isinstance(images, np.ndarray) and images.ndim else None)
         if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, numbers.Real) \
                 or not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing: expected a number in [0, 1), got {label_smoothing!r}")
-        logits, cache = self.forward(images)
+        if last_block_cls_only is None:
+            last_block_cls_only = self.config.pool == "cls"
+        logits, cache = self.forward(images, last_block_cls_only=last_block_cls_only)
         loss, dlogits = softmax_cross_entropy(logits, labels, float(label_smoothing))
         return loss, self.backward(dlogits, cache), logits
 

@@ -36,15 +36,16 @@ class BatchSplitter:
         self.workers = check_int("workers", workers, minimum=1)
         self._pool = ThreadPoolExecutor(self.workers) if self.workers > 1 else None
 
-    def loss_and_grads(self, images, labels, label_smoothing: float = 0.0):
+    def loss_and_grads(self, images, labels, label_smoothing: float = 0.0,
+                       last_block_cls_only: bool | None = None):
         """The same (loss, grads, logits) as model.loss_and_grads on the whole batch, up to
         float rounding (the parts' gradients are added in a fixed order: deterministic)."""
         B = len(images)
         if self._pool is None or B < 2 * self.workers:
-            return self.model.loss_and_grads(images, labels, label_smoothing)
+            return self.model.loss_and_grads(images, labels, label_smoothing, last_block_cls_only)
         bounds = np.linspace(0, B, self.workers + 1).astype(int)         # near-equal parts
         futures = [self._pool.submit(self.model.loss_and_grads, images[a:b], labels[a:b],
-                                     label_smoothing)
+                                     label_smoothing, last_block_cls_only)
                    for a, b in zip(bounds[:-1], bounds[1:])]
         parts = [f.result() for f in futures]                              # (loss, grads, logits)
         weights = [float(b - a) / B for a, b in zip(bounds[:-1], bounds[1:])]  # B_p / B: Python floats,

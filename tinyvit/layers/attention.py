@@ -12,6 +12,11 @@ Row 0 of A is what the CLS token attends to: the model keeps A in its cache
 so the tutorials and plots can show it. The heads are never looped over in
 Python; np.matmul batches over the leading (B, h) axes.
 
+queries=n lets only the first n tokens ask: q keeps n rows, A is (B, h, n, T)
+and the output (B, n, D), while every token still offers its key and value.
+The model uses n = 1 in its last block, where only the CLS token's output
+reaches the classifier (see ViT.forward).
+
 Column layout of Wqkv (D, 3D): [q | k | v], each block D columns, head-major
 inside the block (head j owns columns j*d .. j*d + d - 1). This is the layout
 of timm's ``qkv`` weight, transposed.
@@ -92,46 +97,56 @@ def merge_heads(o: np.ndarray) -> np.ndarray:
     return o.transpose(0, 2, 1, 3).reshape(B, T, h * d)
 
 
-def attention_forward(x, Wqkv, bqkv, Wproj, bproj, heads: int):
-    """x (B, T, D) -> out (B, T, D), cache; cache["attn"] is A (B, h, T, T)."""
+def attention_forward(x, Wqkv, bqkv, Wproj, bproj, heads: int, queries: int | None = None):
+    """x (B, T, D) -> out (B, n, D), cache; cache["attn"] is A (B, h, n, T).
+
+    n = T, or the first ``queries`` tokens only (they alone ask; all T answer)."""
     B, T, D = x.shape
     d = D // heads
     qkv, qkv_cache = linear_forward(x, Wqkv, bqkv)       # (B, T, 3D)
     q, k, v = split_heads(qkv, heads)                    # 3 x (B, h, T, d)
+    if queries is not None:
+        q = q[:, :, :queries]                            # (B, h, n, d): the first n tokens ask
+    n = q.shape[2]
     scale = float(d) ** -0.5                             # a Python float: keeps float32 float32
     # k^T copied to contiguous (B, h, d, T) first: BLAS runs the many small
     # products faster from it than from the strided view of qkv.
-    S = q @ np.ascontiguousarray(k.swapaxes(-1, -2))     # (B, h, T, T)
+    S = q @ np.ascontiguousarray(k.swapaxes(-1, -2))     # (B, h, n, T)
     S *= scale                                           # S = q @ k^T * scale, in place
-    A, _ = softmax_forward(S)                            # (B, h, T, T)
-    # o = A @ v (B, h, T, d), written straight into a (B, T, h, d) buffer: that is
+    A, _ = softmax_forward(S)                            # (B, h, n, T)
+    # o = A @ v (B, h, n, d), written straight into a (B, n, h, d) buffer: that is
     # merge_heads(o)'s layout, so the merge below is a free reshape, not a copy.
-    merged = np.empty((B, T, heads, d), dtype=A.dtype)
+    merged = np.empty((B, n, heads, d), dtype=A.dtype)
     np.matmul(A, v, out=merged.transpose(0, 2, 1, 3))    # o = A @ v
-    out, proj_cache = linear_forward(merged.reshape(B, T, D), Wproj, bproj)   # (B, T, D)
+    out, proj_cache = linear_forward(merged.reshape(B, n, D), Wproj, bproj)   # (B, n, D)
     cache = {"attn": A, "q": q, "k": k, "v": v, "scale": scale, "heads": heads,
              "qkv_cache": qkv_cache, "proj_cache": proj_cache}
     return out, cache
 
 
 def attention_backward(dout, cache):
-    """dout (B, T, D) -> dx (B, T, D), dWqkv (D, 3D), dbqkv (3D,), dWproj (D, D), dbproj (D,)."""
+    """dout (B, n, D) -> dx (B, T, D), dWqkv (D, 3D), dbqkv (3D,), dWproj (D, D), dbproj (D,).
+
+    n = T, or the ``queries`` given to attention_forward."""
     # BEGIN SOLUTION attention_backward
     A, q, k, v, scale = cache["attn"], cache["q"], cache["k"], cache["v"], cache["scale"]
-    B, h, T, d = q.shape
+    B, h, n, T = A.shape                                 # n query rows (n = T unless queries=n)
+    d = q.shape[-1]
     # out = merge_heads(o) @ Wproj + bproj
-    dmerged, dWproj, dbproj = linear_backward(dout, cache["proj_cache"])    # (B, T, D)
-    do = dmerged.reshape(B, T, h, d).transpose(0, 2, 1, 3)                 # (B, h, T, d)
+    dmerged, dWproj, dbproj = linear_backward(dout, cache["proj_cache"])    # (B, n, D)
+    do = dmerged.reshape(B, n, h, d).transpose(0, 2, 1, 3)                 # (B, h, n, d)
     # q, k, v = split_heads(qkv): their gradients are written straight into one
     # (B, T, 3, h, d) buffer, the layout of qkv, through the same head views
     # (the plain form: np.stack([dq, dk, dv]), transposed back and reshaped).
     dqkv = np.empty((B, T, 3, h, d), dtype=dout.dtype)
+    dqkv[:, n:, 0] = 0.0                                 # tokens that asked nothing: dq = 0
     dq, dk, dv = dqkv.transpose(2, 0, 3, 1, 4)           # 3 x (B, h, T, d) views
+    dq = dq[:, :, :n]                                    # (B, h, n, d)
     # o = A @ v
-    dA = do @ v.swapaxes(-1, -2)                         # (B, h, T, T)
+    dA = do @ v.swapaxes(-1, -2)                         # (B, h, n, T)
     np.matmul(A.swapaxes(-1, -2), do, out=dv)            # dv = A^T @ do
     # A = softmax(S)
-    dS = softmax_backward(dA, A)                         # (B, h, T, T)
+    dS = softmax_backward(dA, A)                         # (B, h, n, T)
     # S = q @ k^T * scale
     dS *= scale                                          # the scale, applied once to dS
     np.matmul(dS, k, out=dq)                             # dq = dS @ k * scale
