@@ -41,6 +41,7 @@ def test_train_writes_checkpoint_history_and_plot(run):
     assert ck.step == 8 and ck.epoch == 2                    # 128 / 32 = 4 steps x 2 epochs
     assert ck.meta["dataset"]["name"] == "shapes" and ck.meta["normalize"] == "image"
     assert ck.class_names[:2] == ["circle", "square"]
+    assert ck.train_config["workers"] == 2                   # the command's default
     hist = json.loads((run / "history.json").read_text())
     assert [r["epoch"] for r in hist["epochs"]] == [1, 2]
 
@@ -111,6 +112,21 @@ def test_resume_continues_to_the_same_end(run, tmp_path, capsys):
     capsys.readouterr()
     err = _one_line_error(capsys, main(["train", "--resume", str(out), "--lr", "0.1"]))
     assert "--lr" in err
+    err = _one_line_error(capsys, main(["train", "--resume", str(out), "--workers", "2"]))
+    assert "drop --workers (allowed with --resume:" in err
+
+
+def test_workers_option_is_stored_and_kept_on_resume(run, tmp_path):
+    out = tmp_path / "one"
+    assert main(["train", *TINY, "--epochs", "2", "--out", str(out), "--quiet", "--max-steps", "5",
+                 "--workers", "1"]) == 0
+    assert load_checkpoint(out / "checkpoint.npz").train_config["workers"] == 1
+    assert main(["train", "--resume", str(out), "--quiet"]) == 0
+    a = load_checkpoint(run / "checkpoint.npz")              # the same run with 2 workers
+    b = load_checkpoint(out / "checkpoint.npz")
+    assert b.step == 8 and b.train_config["workers"] == 1   # the checkpoint's value, not the default
+    for k in a.params:
+        np.testing.assert_allclose(b.params[k], a.params[k], rtol=1e-2, atol=1e-4, err_msg=k)
 
 
 def test_errors_are_one_line(tmp_path, capsys, monkeypatch):
@@ -126,6 +142,10 @@ def test_errors_are_one_line(tmp_path, capsys, monkeypatch):
         main(["train", "--lr", "fast"])
     err = _one_line_error(capsys, e.value.code)
     assert "--lr" in err and "fast" in err
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--workers", "0"])
+    err = _one_line_error(capsys, e.value.code)
+    assert "--workers" in err and "expected a whole number >= 1, got 0" in err
     err = _one_line_error(capsys, main(["train", "--dataset", "imagenet"]))
     assert "--dataset" in err and "shapes" in err
     err = _one_line_error(capsys, main(["train", "--dataset", "mnist", "--data-dir", "empty", "--no-download"]))
@@ -147,7 +167,8 @@ def test_help_and_python_dash_m(capsys):
         main(["train", "--help"])
     assert e.value.code == 0
     text = capsys.readouterr().out
-    for word in ("--dataset", "--epochs", "--resume", "Examples", "OPENBLAS_NUM_THREADS"):
+    for word in ("--dataset", "--epochs", "--resume", "Examples", "OPENBLAS_NUM_THREADS", "--workers",
+                 "workers x threads"):
         assert word in text
     proc = subprocess.run([sys.executable, "-m", "tinyvit", "--help"], capture_output=True, text=True,
                           timeout=60)

@@ -3,6 +3,7 @@
 import io
 import json
 import math
+import threading
 
 import numpy as np
 import pytest
@@ -110,10 +111,12 @@ def test_same_seed_same_numbers_other_seed_other_numbers(data):
     assert ha["steps"]["loss"] != hc["steps"]["loss"]
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 @pytest.mark.parametrize("stop", [4, 6, 13])          # mid-epoch 1, epoch boundary, mid-epoch 3
-def test_resume_is_bit_identical(data, tmp_path, stop):
+def test_resume_is_bit_identical(data, tmp_path, stop, workers):
     train_ds, val_ds = data                            # 96 images / 16 = 6 steps per epoch
-    cfg = TrainConfig(**{**FAST, "augment_pad": 1, "augment_flip": True, "normalize": "image"})
+    cfg = TrainConfig(**{**FAST, "augment_pad": 1, "augment_flip": True, "normalize": "image",
+                         "workers": workers})
     straight = tiny_model()
     h_straight = train(straight, train_ds, val_ds, cfg, progress=False)
     assert len(h_straight["steps"]["loss"]) == 18
@@ -136,6 +139,92 @@ def test_resume_is_bit_identical(data, tmp_path, stop):
     final = load_checkpoint(tmp_path / "checkpoint.npz")
     assert (final.epoch, final.batch, final.step) == (3, 0, 18)
     assert int(final.optim_state["step"]) == 18
+    assert final.train_config["workers"] == workers
+
+
+def _spy_batch_sizes(model, monkeypatch):
+    """Record the batch size of every model.loss_and_grads call (BatchSplitter calls it per part)."""
+    real = model.loss_and_grads
+    sizes = []
+
+    def spy(images, labels, *args):
+        sizes.append(len(images))
+        return real(images, labels, *args)
+
+    monkeypatch.setattr(model, "loss_and_grads", spy)
+    return sizes
+
+
+def test_split_batch_is_deterministic_and_close_to_unsplit(data, monkeypatch):
+    train_ds, val_ds = data                            # 6 steps per epoch of 16 images
+    cfg = TrainConfig(**{**FAST, "epochs": 2, "augment_pad": 1, "augment_flip": True})
+    threads_before = set(threading.enumerate())
+    runs = {}
+    for name, workers in (("split", 2), ("again", 2), ("whole", 1)):
+        m = tiny_model(dtype="float64")
+        sizes = _spy_batch_sizes(m, monkeypatch)
+        h = train(m, train_ds, val_ds, cfg, progress=False, workers=workers)
+        runs[name] = m, h, sizes
+    assert runs["split"][2] == [8] * 24                # 12 steps, each as two halves
+    assert runs["whole"][2] == [16] * 12
+    assert set(threading.enumerate()) == threads_before          # the worker threads were closed
+    (a, ha, _), (b, hb, _), (c, hc, _) = runs["split"], runs["again"], runs["whole"]
+    assert ha["steps"]["loss"] == hb["steps"]["loss"]
+    for k in a.params:
+        np.testing.assert_array_equal(a.params[k], b.params[k], err_msg=k)
+        np.testing.assert_allclose(a.params[k], c.params[k], rtol=1e-9, atol=1e-12, err_msg=k)
+    np.testing.assert_allclose(ha["steps"]["loss"], hc["steps"]["loss"], rtol=1e-10)
+
+
+def test_split_threads_end_on_interrupt(data, tmp_path, monkeypatch):
+    train_ds, _ = data
+    model = tiny_model()
+    real = model.loss_and_grads
+    calls = []
+
+    def interrupted(images, labels, *args):
+        calls.append(1)
+        if len(calls) == 5:                            # step 3, in one of the two worker threads
+            raise KeyboardInterrupt
+        return real(images, labels, *args)
+
+    monkeypatch.setattr(model, "loss_and_grads", interrupted)
+    threads_before = set(threading.enumerate())
+    with pytest.raises(KeyboardInterrupt):
+        train(model, train_ds, None, TrainConfig(**{**FAST, "workers": 2}), out_dir=tmp_path, progress=False)
+    assert set(threading.enumerate()) == threads_before
+    assert load_checkpoint(tmp_path / "checkpoint.npz").step == 2
+
+
+def _without_workers(path):
+    """Rewrite a checkpoint as one from before TrainConfig had "workers"."""
+    with np.load(path, allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    tc = json.loads(str(arrays["train_config"][()]))
+    del tc["workers"]
+    arrays["train_config"] = np.array(json.dumps(tc))
+    np.savez(path, **arrays)
+
+
+def test_config_without_workers_means_one(data, tmp_path):
+    d = TrainConfig(**FAST).to_dict()
+    del d["workers"]
+    assert TrainConfig.from_dict(d).workers == 1
+    train_ds, val_ds = data                            # a checkpoint from before "workers" resumes
+    cfg = TrainConfig(**{**FAST, "epochs": 1})
+    straight = tiny_model()
+    train(straight, train_ds, val_ds, cfg, progress=False)
+    train(tiny_model(), train_ds, val_ds, cfg, out_dir=tmp_path, progress=False, max_steps=3)
+    _without_workers(tmp_path / "checkpoint.npz")
+    assert "workers" not in load_checkpoint(tmp_path / "checkpoint.npz").train_config
+    resumed = tiny_model()
+    train(resumed, train_ds, val_ds, cfg, out_dir=tmp_path, progress=False,
+          resume_from=tmp_path / "checkpoint.npz")
+    for k in straight.params:
+        assert np.array_equal(resumed.params[k], straight.params[k]), k
+    with pytest.raises(CheckpointError, match="other settings.*workers: checkpoint 1, given 2"):
+        train(tiny_model(), train_ds, val_ds, cfg, resume_from=tmp_path / "checkpoint.npz",
+              progress=False, workers=2)
 
 
 def test_resume_with_other_config_fails(data, tmp_path):
@@ -156,9 +245,9 @@ def test_nan_loss_stops_with_step_and_lr(data, monkeypatch):
     real = model.loss_and_grads
     calls = []
 
-    def flaky(images, labels, label_smoothing=0.0):
+    def flaky(images, labels, *args):
         calls.append(1)
-        loss, grads, logits = real(images, labels, label_smoothing)
+        loss, grads, logits = real(images, labels, *args)
         return (float("nan") if len(calls) == 3 else loss), grads, logits
 
     monkeypatch.setattr(model, "loss_and_grads", flaky)
@@ -168,10 +257,12 @@ def test_nan_loss_stops_with_step_and_lr(data, monkeypatch):
     assert len(calls) == 3                              # stopped right there, not a stream of NaNs
 
 
-def test_exploding_sgd_is_caught(data):
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")     # np.errstate below does not reach worker threads
+@pytest.mark.parametrize("workers", [1, 2])
+def test_exploding_sgd_is_caught(data, workers):
     train_ds, _ = data
     cfg = TrainConfig(**{**FAST, "optimizer": "sgd", "lr": 1e30, "clip": 0.0, "schedule": "constant",
-                         "warmup": 0.0, "min_lr": 0.0})
+                         "warmup": 0.0, "min_lr": 0.0, "workers": workers})
     with np.errstate(all="ignore"), pytest.raises(TrainingDiverged, match="at step [0-9]+ .*learning rate 1e\\+30"):
         train(tiny_model(), train_ds, None, cfg, progress=False)
 
@@ -240,6 +331,10 @@ def test_bad_arguments_name_themselves(data):
         TrainConfig(lr=-1.0)
     with pytest.raises(ValueError, match="optimizer"):
         TrainConfig(optimizer="adam")
+    with pytest.raises(ValueError, match="workers: expected an integer >= 1, got 0"):
+        TrainConfig(workers=0)
+    with pytest.raises(TypeError, match="workers"):
+        TrainConfig(workers=2.0)
     with pytest.raises(ValueError, match="train_ds: expected images of shape"):
         train(tiny_model(image_size=16), train_ds, val_ds, TrainConfig(**FAST), progress=False)
     with pytest.raises(TypeError, match="train_ds"):

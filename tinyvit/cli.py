@@ -79,6 +79,7 @@ TRAIN_DEFAULTS = {
     "folder": dict(epochs=20, batch_size=32, lr=1e-3, warmup=1.0, augment_pad=2, augment_flip=True),
 }
 SHAPES_N_TRAIN, SHAPES_N_VAL = 20000, 2000
+DEFAULT_WORKERS = 2            # `tinyvit train` splits each batch over 2 threads (TrainConfig's default: 1)
 
 # Options that may be given with --resume (they do not change the numbers).
 _RESUME_OK = {"out", "quiet", "max_steps", "data_dir", "threads", "resume", "command", "func", "log_every"}
@@ -117,10 +118,12 @@ def _add_train_parser(sub):
                "  tinyvit train --dataset mnist-test-split --data-dir ../shared/data --model mnist\n"
                "  tinyvit train --dataset folder --data-dir my_photos --image-size 32 --epochs 30\n"
                "  tinyvit train --resume runs/shapes               # continue a stopped run exactly\n\n"
-               "Threads: NumPy's BLAS reads OPENBLAS_NUM_THREADS / OMP_NUM_THREADS / MKL_NUM_THREADS\n"
+               f"Threads: each batch is split over --workers Python threads (default {DEFAULT_WORKERS}; --resume keeps\n"
+               "the run's), each running NumPy with --threads BLAS threads: workers x threads in all.\n"
+               "NumPy's BLAS reads OPENBLAS_NUM_THREADS / OMP_NUM_THREADS / MKL_NUM_THREADS\n"
                "when it starts; --threads N sets them and restarts the command so they take effect.\n"
-               "Default: 1 thread unless one of those variables is set (tiny models gain nothing from\n"
-               "more, and extra BLAS threads slow training down badly on a busy machine).\n"
+               "Default: 1 BLAS thread unless one of those variables is set (tiny models gain nothing\n"
+               "from more, and extra BLAS threads slow training down badly on a busy machine).\n"
                "Ctrl-C saves a checkpoint that --resume continues from.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     d = p.add_argument_group("data")
@@ -174,13 +177,17 @@ def _add_train_parser(sub):
                    help="seed for the model's initialisation, the data split and the batch order (default 0)")
     t.add_argument("--max-steps", type=_nonneg_int, default=None,
                    help="stop after this many steps (the schedule still covers all epochs; --resume continues)")
+    t.add_argument("--workers", type=_positive_int, default=None, metavar="N",
+                   help=f"threads the batch is split over, each with one BLAS thread (default {DEFAULT_WORKERS}; "
+                        "1 = no split; results differ from other values in the last float bits)")
     o = p.add_argument_group("output")
     o.add_argument("--out", default=None, metavar="DIR",
                    help="output directory (default runs/<dataset>, or runs/<dataset>-2, ... if taken)")
     o.add_argument("--resume", default=None, metavar="CHECKPOINT",
                    help="continue the run saved in this checkpoint (or run directory) exactly")
     o.add_argument("--threads", type=_positive_int, default=None,
-                   help="BLAS threads (default 1; sets OPENBLAS/OMP/MKL_NUM_THREADS and restarts the command)")
+                   help="BLAS threads per worker thread, so workers x threads in all (default 1; "
+                        "sets OPENBLAS/OMP/MKL_NUM_THREADS and restarts the command)")
     o.add_argument("--quiet", action="store_true", help="no progress output, only the final summary")
     p.set_defaults(func=cmd_train)
 
@@ -284,6 +291,7 @@ def cmd_train(args) -> int:
                   "clip", "label_smoothing", "augment_pad", "augment_flip", "max_steps"):
             if getattr(args, k) is not None:
                 tdict[k] = getattr(args, k)
+        tdict["workers"] = DEFAULT_WORKERS if args.workers is None else args.workers
         if "min_lr" not in tdict:
             tdict["min_lr"] = min(1e-5, tdict.get("lr", 1e-3))
         norm = args.normalize or "image"
@@ -566,9 +574,10 @@ def _maybe_reexec_for_threads(argv, args) -> None:
     its thread count, and glibc its malloc tuning, only when the process starts.
 
     --threads N asks for N. Without it, and with none of the thread variables set, training
-    runs on ONE thread: the matrices of these tiny models are too small to gain from more,
-    and on a busy machine extra BLAS threads that spin and wait made training ten times
-    slower. The malloc settings (kept if the user set them) save 20-40% of each step.
+    runs ONE BLAS thread in each --workers thread: the matrices of these tiny models are too
+    small to gain from more, and on a busy machine extra BLAS threads that spin and wait made
+    training ten times slower. The malloc settings (kept if the user set them) save 20-40%
+    of each step.
     """
     if getattr(args, "func", None) is not cmd_train:      # other commands manage threads themselves
         return

@@ -12,6 +12,8 @@ One step of training, the heart of it all:
 
     images, labels = next batch            (B, H, W, C) float32, (B,) int64
     loss, grads, logits = model.loss_and_grads(images, labels, label_smoothing)
+                                           (config.workers > 1: the same up to float rounding,
+                                           the batch split over threads by parallel.BatchSplitter)
     clip_grad_norm(grads, clip)            scale all gradients so their global norm <= clip
     optimizer.step(model.params, grads, lr=schedule(step))   parameters change in place
 
@@ -21,7 +23,8 @@ and the augmentation of epoch ``e`` come from a generator seeded with
 ``(epoch, batch)`` is the whole random state. A checkpoint stores it, the
 parameters and the optimizer moments; resuming replays epoch ``e``'s batch
 order, skips the batches already done, and continues bit for bit as if
-training had never stopped (also in the middle of an epoch).
+training had never stopped (also in the middle of an epoch). The last float
+bits depend on ``config.workers``, which the checkpoint stores with the rest.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from .checkpoint import CheckpointError, config_mismatch, load_checkpoint, save_
 from .datasets import Augment, BatchIterator, ImageDataset
 from .model import ViT
 from .optim import SGD, AdamW, clip_grad_norm, global_norm, make_schedule
+from .parallel import BatchSplitter
 
 __all__ = ["TrainConfig", "TrainingDiverged", "train", "evaluate", "predict_logits",
            "normalize_images", "write_history", "plot_history", "format_confusion",
@@ -83,6 +87,9 @@ class TrainConfig:
     log_every        plain-text progress line every this many steps (when not on a terminal)
     max_steps        stop after this many optimizer steps in total (the schedule still spans
                      all epochs, so a stopped run can be resumed exactly); None: run all epochs
+    workers          threads the batch is split over (tinyvit.parallel.BatchSplitter); 1: no split.
+                     Results are deterministic for a given value but differ from other values in
+                     the last float bits
     """
 
     epochs: int = 10
@@ -102,6 +109,7 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 50
     max_steps: int | None = None
+    workers: int = 1
 
     def __post_init__(self):
         check_int("epochs", self.epochs, minimum=1)
@@ -129,6 +137,7 @@ class TrainConfig:
         check_int("log_every", self.log_every, minimum=1)
         if self.max_steps is not None:
             check_int("max_steps", self.max_steps, minimum=0)
+        check_int("workers", self.workers, minimum=1)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -372,7 +381,9 @@ def train(model: ViT, train_ds: ImageDataset, val_ds: ImageDataset | None = None
             raise CheckpointError(f"{resume_from}: checkpoint is for another model config ({'; '.join(diff)})")
         if ck.train_config is None or not ck.optim_state:
             raise CheckpointError(f"{resume_from}: checkpoint holds no training state to resume from")
-        saved = {k: v for k, v in ck.train_config.items() if k not in _RESUME_FREE}
+        # a key missing from an older checkpoint means that run used the field's default
+        saved = {**TrainConfig().to_dict(), **ck.train_config}
+        saved = {k: v for k, v in saved.items() if k not in _RESUME_FREE}
         given = {k: v for k, v in json.loads(json.dumps(cfg.to_dict())).items() if k not in _RESUME_FREE}
         tdiff = [f"{k}: checkpoint {saved.get(k)!r}, given {given.get(k)!r}"
                  for k in sorted(set(saved) | set(given)) if saved.get(k) != given.get(k)]
@@ -407,12 +418,14 @@ def train(model: ViT, train_ds: ImageDataset, val_ds: ImageDataset | None = None
     bar = _Progress(progress, stream, cfg.log_every, total_steps)
     if progress:
         what = f"resuming at step {step}" if resume_from is not None else "training"
+        split = f" split over {cfg.workers} threads" if cfg.workers > 1 else ""
         bar.line(f"{what}: {len(train_ds)} images, {steps_per_epoch} steps/epoch x {cfg.epochs} epochs, "
-                 f"batch {cfg.batch_size}, {cfg.optimizer} lr {cfg.lr:g}, {model.num_params():,} parameters")
+                 f"batch {cfg.batch_size}{split}, {cfg.optimizer} lr {cfg.lr:g}, {model.num_params():,} parameters")
     wall0 = time.perf_counter()
     wall_before = history["epochs"][-1]["wall_time"] if history["epochs"] else 0.0
     steps_this_run, train_time = 0, 0.0
     run = history["running"]
+    splitter = BatchSplitter(model, cfg.workers)            # workers=1: model.loss_and_grads itself
     try:
         while epoch < cfg.epochs and step < stop_at:
             epoch_t0 = time.perf_counter()
@@ -427,7 +440,7 @@ def train(model: ViT, train_ds: ImageDataset, val_ds: ImageDataset | None = None
                 x = normalize_images(x, cfg.normalize).astype(dtype, copy=False)   # (B, H, W, C)
                 lr = schedule(step)
                 try:
-                    loss, grads, logits = model.loss_and_grads(x, y, cfg.label_smoothing)
+                    loss, grads, logits = splitter.loss_and_grads(x, y, cfg.label_smoothing)
                 except ValueError as e:                   # NaN/inf logits fail the model's own checks
                     if all(np.isfinite(v).all() for v in model.params.values()) and "finite" not in str(e):
                         raise
@@ -495,6 +508,8 @@ def train(model: ViT, train_ds: ImageDataset, val_ds: ImageDataset | None = None
         if ckpt_path is not None:
             bar.line(f"interrupted at step {step}; checkpoint saved to {ckpt_path}")
         raise
+    finally:
+        splitter.close()                                      # the worker threads end here
     if batch_done:                                            # stopped mid-epoch (max_steps)
         save()
         bar.line(f"stopped at step {step} (max_steps); resume from {ckpt_path}" if ckpt_path
