@@ -37,3 +37,33 @@ def test_float32_stays_float32_and_bad_workers():
     assert logits.dtype == np.float32 and all(g.dtype == np.float32 for g in grads.values())
     with pytest.raises(ValueError, match="workers: expected an integer >= 1, got 0"):
         BatchSplitter(model, 0)
+
+
+@pytest.mark.parametrize("failing_part", [0, 1])
+def test_an_error_in_any_part_is_raised_after_every_part_ends(failing_part, monkeypatch):
+    """Part 0 runs in the calling thread, the others in the pool: an error in either is
+    raised to the caller, and only once every part has finished (no thread left running)."""
+    import threading
+    import time
+
+    cfg = ViTConfig(image_size=8, in_channels=1, patch_size=4, dim=8, depth=1, heads=2, mlp_dim=8,
+                    num_classes=3)
+    model = ViT(cfg)
+    real = model.loss_and_grads
+    finished = []
+
+    def part(images, labels, *args):
+        first = threading.current_thread() is threading.main_thread()
+        if first == (failing_part == 0):
+            raise ValueError(f"part {failing_part} failed")
+        time.sleep(0.2)                                  # the healthy part is still running
+        out = real(images, labels, *args)
+        finished.append(1)
+        return out
+
+    monkeypatch.setattr(model, "loss_and_grads", part)
+    images = np.zeros((4, 8, 8, 1), np.float32)
+    with BatchSplitter(model, 2) as split:
+        with pytest.raises(ValueError, match=f"part {failing_part} failed"):
+            split.loss_and_grads(images, np.array([0, 1, 2, 0]))
+        assert finished == [1]                           # the other part had ended before the raise

@@ -34,7 +34,8 @@ class BatchSplitter:
     def __init__(self, model, workers: int = 2):
         self.model = model
         self.workers = check_int("workers", workers, minimum=1)
-        self._pool = ThreadPoolExecutor(self.workers) if self.workers > 1 else None
+        # the calling thread computes the first part itself, the pool's threads the others
+        self._pool = ThreadPoolExecutor(self.workers - 1) if self.workers > 1 else None
 
     def loss_and_grads(self, images, labels, label_smoothing: float = 0.0,
                        last_block_cls_only: bool | None = None):
@@ -44,10 +45,16 @@ class BatchSplitter:
         if self._pool is None or B < 2 * self.workers:
             return self.model.loss_and_grads(images, labels, label_smoothing, last_block_cls_only)
         bounds = np.linspace(0, B, self.workers + 1).astype(int)         # near-equal parts
+        (a0, b0), *rest = zip(bounds[:-1], bounds[1:])
         futures = [self._pool.submit(self.model.loss_and_grads, images[a:b], labels[a:b],
-                                     label_smoothing, last_block_cls_only)
-                   for a, b in zip(bounds[:-1], bounds[1:])]
-        parts = [f.result() for f in futures]                              # (loss, grads, logits)
+                                     label_smoothing, last_block_cls_only) for a, b in rest]
+        try:
+            first = self.model.loss_and_grads(images[a0:b0], labels[a0:b0], label_smoothing,
+                                              last_block_cls_only)
+        finally:
+            for f in futures:
+                f.exception()                            # wait for the others, even on an error
+        parts = [first] + [f.result() for f in futures]                    # (loss, grads, logits)
         weights = [float(b - a) / B for a, b in zip(bounds[:-1], bounds[1:])]  # B_p / B: Python floats,
                                                                            # so float32 stays float32
         loss = sum(w * p[0] for w, p in zip(weights, parts))
