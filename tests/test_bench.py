@@ -92,7 +92,9 @@ def test_bench_runs_end_to_end_and_writes_json(tmp_path, capsys):
         assert len(r["step_ms_all"]) == 2
         assert r["step_ms"] > 0 and r["images_per_s"] == pytest.approx(bc.batch / r["step_ms"] * 1e3)
         assert r["achieved_gflops"] == pytest.approx(ours / r["step_ms"] * 1e3)   # what it runs
-        assert r["mfu"] == pytest.approx(r["achieved_gflops"] / res["peak_gflops"])
+        assert r["hfu"] == pytest.approx(r["achieved_gflops"] / res["peak_gflops"])
+        model = entry["matmul_gflop_per_step"] / r["step_ms"] * 1e3         # the model's FLOPs
+        assert r["mfu"] == pytest.approx(model / res["peak_gflops"]) and r["mfu"] > r["hfu"]
         assert r["peak_mem_mb"] >= 0
     stages = entry["profile"]["stages"]
     assert set(stages) == {"linear layers", "attention matmuls", "softmax", "layer norm", "GELU",
