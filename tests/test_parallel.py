@@ -67,3 +67,60 @@ def test_an_error_in_any_part_is_raised_after_every_part_ends(failing_part, monk
         with pytest.raises(ValueError, match=f"part {failing_part} failed"):
             split.loss_and_grads(images, np.array([0, 1, 2, 0]))
         assert finished == [1]                           # the other part had ended before the raise
+
+
+# --- ProcessSplitter -----------------------------------------------------------------------------
+def _model(dtype="float64", seed=0):
+    cfg = ViTConfig(image_size=8, in_channels=2, patch_size=4, dim=8, depth=2, heads=2, mlp_dim=12,
+                    num_classes=3, dtype=dtype)
+    model = ViT(cfg)
+    rng = np.random.default_rng(seed)
+    for v in model.params.values():
+        v += (rng.standard_normal(v.shape) * 0.3).astype(v.dtype)
+    return model, rng
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_processes_give_the_threads_results_bit_for_bit(dtype):
+    from tinyvit.parallel import ProcessSplitter
+    model, rng = _model(dtype)
+    with BatchSplitter(model, 3) as threads, ProcessSplitter(model, 3) as procs:
+        for batch in (10, 7, 16):                        # 16: larger parts, the helpers restart
+            images = rng.random((batch, 8, 8, 2)).astype(dtype)
+            labels = rng.integers(0, 3, batch)
+            loss_t, grads_t, logits_t = threads.loss_and_grads(images, labels, 0.1)
+            loss_p, grads_p, logits_p = procs.loss_and_grads(images, labels, 0.1)
+            assert loss_p == loss_t
+            np.testing.assert_array_equal(logits_p, logits_t)
+            for k in grads_t:
+                assert grads_p[k].dtype == np.dtype(dtype)
+                np.testing.assert_array_equal(grads_p[k], grads_t[k], err_msg=k)
+            # the optimizer changes the parameters in place: the helpers must see that
+            for v in model.params.values():
+                v *= 0.9
+        procs_seen = list(procs._procs)
+        assert len(procs_seen) == 2
+    assert all(p.poll() is not None for p in procs_seen)     # closed: the helpers have ended
+
+
+def test_process_split_errors_and_a_lost_helper():
+    from tinyvit.parallel import ProcessSplitter
+    model, rng = _model()
+    images = rng.random((6, 8, 8, 2))
+    with ProcessSplitter(model, 2) as split:
+        with pytest.raises(ValueError, match="labels"):          # checked before any copy
+            split.loss_and_grads(images, np.array([0, 1, 2, 0, 1, 3]))
+        with pytest.raises(TypeError, match="images"):
+            split.loss_and_grads(images.astype(np.float32), np.zeros(6, int))
+        bad = images.copy()
+        bad[5, 0, 0, 0] = np.nan                         # in the helper's part
+        with pytest.raises(ValueError, match="finite"):
+            split.loss_and_grads(bad, np.zeros(6, int))
+        loss, _, _ = split.loss_and_grads(images, np.zeros(6, int))   # still in step
+        assert np.isfinite(loss)
+        split._procs[0].kill()
+        split._procs[0].wait()
+        with pytest.raises(RuntimeError, match="helper process 1 ended"):
+            split.loss_and_grads(images, np.zeros(6, int))
+        again, _, _ = split.loss_and_grads(images, np.zeros(6, int))   # a new helper starts
+        assert again == loss
