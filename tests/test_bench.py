@@ -106,8 +106,9 @@ def test_bench_runs_end_to_end_and_writes_json(tmp_path, capsys):
 def test_bench_full_last_block_counts_the_full_flops(tmp_path):
     out = tmp_path / "b.json"
     assert main(["bench", "--config", "tiny", "--steps", "1", "--warmup", "1", "--no-torch",
-                 "--gap", "0", "--full-last-block", "--json", str(out)]) == 0
+                 "--gap", "0", "--full-last-block", "--split-with", "threads", "--json", str(out)]) == 0
     res = json.loads(out.read_text())
+    assert res["tinyvit_split_with"] == "threads" and res["tinyvit_split"] == 2
     entry = res["configs"]["tiny"]
     assert res["tinyvit_last_block"] == "all tokens"
     assert entry["tinyvit_matmul_gflop_per_step"] == entry["matmul_gflop_per_step"]

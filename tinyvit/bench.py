@@ -224,15 +224,18 @@ def _batch(bc: BenchConfig, seed: int = 0):
 
 class NumpyRunner:
     """tinyvit's training step: loss_and_grads then AdamW.step. With split > 1 the batch
-    is split over that many threads (tinyvit.parallel.BatchSplitter), one BLAS thread each."""
+    is split over that many processes (tinyvit.parallel.ProcessSplitter: this one and
+    helpers) or threads (BatchSplitter, split_with="threads"), one BLAS thread each."""
 
-    def __init__(self, bc: BenchConfig, gelu: str, split: int = 1, full_last_block: bool = False):
+    def __init__(self, bc: BenchConfig, gelu: str, split: int = 1, full_last_block: bool = False,
+                 split_with: str = "processes"):
         from .model import ViT
-        from .parallel import BatchSplitter
+        from .parallel import BatchSplitter, ProcessSplitter
         self.images, self.labels = _batch(bc)
         self.base_rss = _maxrss_bytes()
         self.model = ViT(bc.vit_config(gelu))
-        self.splitter = BatchSplitter(self.model, split)
+        self.splitter = (ProcessSplitter if split_with == "processes" else BatchSplitter)(
+            self.model, split)
         self.opt = _numpy_adamw()
         self.cls_only = not full_last_block
 
@@ -444,18 +447,23 @@ def _worker(spec: dict) -> int:
         runner = TorchRunner(bc, spec["gelu"], spec["threads"])
     else:
         runner = NumpyRunner(bc, spec["gelu"], spec.get("split", 1),
-                             spec.get("full_last_block", False))
+                             spec.get("full_last_block", False),
+                             spec.get("split_with", "processes"))
     send({"ready": True})
     for line in sys.stdin:
         cmd = json.loads(line)
         if cmd["cmd"] == "step":
             send({"t": runner.step()})
         elif cmd["cmd"] == "mem":
-            send({"peak_bytes": _maxrss_bytes() - runner.base_rss})
+            # this process's growth, plus all of any helper processes' memory (they exist
+            # only for the split, so their interpreter and NumPy count too)
+            helpers = getattr(getattr(runner, "splitter", None), "helper_peak_bytes", lambda: 0)()
+            send({"peak_bytes": _maxrss_bytes() - runner.base_rss + helpers})
         elif cmd["cmd"] == "profile":
             # per-stage times only add up on one thread: profile without the batch split
             if spec.get("split", 1) > 1:
                 from .parallel import BatchSplitter
+                runner.splitter.close()
                 runner.splitter = BatchSplitter(runner.model, 1)
             totals, steps = {}, []
             with stage_timers(totals):
@@ -467,6 +475,9 @@ def _worker(spec: dict) -> int:
                   "step": total / len(steps), "one_thread": spec.get("split", 1) > 1})
         elif cmd["cmd"] == "quit":
             break
+    splitter = getattr(runner, "splitter", None)
+    if splitter is not None:
+        splitter.close()                                 # stops any helper processes
     return 0
 
 
@@ -509,12 +520,13 @@ def torch_available() -> bool:
 
 def run_bench(configs, threads=2, steps=20, warmup=3, use_torch=None, gelus=("exact",),
               profile=False, gap=0.25, malloc_tuning=True, split=True, block=5,
-              full_last_block=False, log=print) -> dict:
+              full_last_block=False, split_with="processes", log=print) -> dict:
     """Run the benchmark; returns the JSON-able results (also what --json writes).
 
-    split: tinyvit splits each batch over ``threads`` Python threads with one BLAS thread
-    each (so its elementwise work uses every core too); without it, tinyvit runs one
-    Python thread with ``threads`` BLAS threads. PyTorch always gets ``threads`` threads.
+    split: tinyvit splits each batch over ``threads`` processes (split_with="processes":
+    tinyvit.parallel.ProcessSplitter) or Python threads ("threads": BatchSplitter) with one
+    BLAS thread each, so its elementwise work uses every core too; without it, tinyvit runs
+    one Python thread with ``threads`` BLAS threads. PyTorch always gets ``threads`` threads.
     block: the workers take turns, each running ``block`` consecutive steps (as a training
     loop runs them), with a pause of ``gap`` seconds between turns.
     full_last_block: tinyvit runs its last block on every token, as PyTorch does, instead
@@ -529,6 +541,7 @@ def run_bench(configs, threads=2, steps=20, warmup=3, use_torch=None, gelus=("ex
     n_split = threads if split else 1
     result = {"machine": machine_info(threads), "steps": steps, "warmup": warmup,
               "malloc_tuning": malloc_tuning, "tinyvit_split": n_split,
+              "tinyvit_split_with": split_with,
               "tinyvit_last_block": "all tokens" if full_last_block else "CLS token only",
               "configs": {}}
     # The matmul peak is measured before and after the configs and the larger value
@@ -546,7 +559,8 @@ def run_bench(configs, threads=2, steps=20, warmup=3, use_torch=None, gelus=("ex
         try:
             for fw, g in runs:
                 spec = {"framework": fw, "gelu": g, "threads": threads, "name": name,
-                        "config": bc.__dict__, "split": n_split, "full_last_block": full_last_block}
+                        "config": bc.__dict__, "split": n_split, "full_last_block": full_last_block,
+                        "split_with": split_with}
                 workers[(fw, g)] = w = _Worker(spec, numpy_env if fw == "numpy" else env)
                 w.ask()                                  # ready
             for key, w in workers.items():               # warm-up, then the memory reading
@@ -623,7 +637,8 @@ def _machine_line(result) -> str:
             f"load average {m['loadavg']}; malloc tuning "
             f"{'on' if result['malloc_tuning'] else 'off'}; float32 matmul peak measured with "
             f"(2048 x 2048) @ (2048 x 2048) products on {m['threads']} threads; tinyvit: "
-            + (f"batch split over {result['tinyvit_split']} threads, 1 BLAS thread each"
+            + (f"batch split over {result['tinyvit_split']} "
+               f"{result.get('tinyvit_split_with', 'threads')}, 1 BLAS thread each"
                if result.get("tinyvit_split", 1) > 1 else "one thread, BLAS threads as above"))
 
 
@@ -685,7 +700,8 @@ def cmd_bench(args) -> int:
     result = run_bench(args.config, threads=args.threads, steps=args.steps, warmup=args.warmup,
                        use_torch=args.torch, gelus=gelus, profile=args.profile,
                        gap=args.gap, malloc_tuning=args.malloc_tuning, split=args.split,
-                       block=args.block, full_last_block=args.full_last_block)
+                       block=args.block, full_last_block=args.full_last_block,
+                       split_with=args.split_with)
     if args.json:
         _write_json(args.json, result)
         print(f"\nwrote {args.json}")
@@ -720,8 +736,13 @@ def add_command(subparsers) -> None:
                    help="tinyvit runs its last block on every token, as PyTorch does (default: "
                         "on the CLS token alone, the only one the head reads; same results)")
     p.add_argument("--split", action=argparse.BooleanOptionalAction, default=True,
-                   help="tinyvit splits each batch over --threads Python threads with one BLAS "
-                        "thread each (default); --no-split: one thread with --threads BLAS threads")
+                   help="tinyvit splits each batch over --threads processes or threads with one "
+                        "BLAS thread each (default); --no-split: one thread with --threads BLAS "
+                        "threads")
+    p.add_argument("--split-with", choices=("processes", "threads"), default="processes",
+                   help="what runs the parts of a split batch: helper processes "
+                        "(tinyvit.parallel.ProcessSplitter, default) or Python threads "
+                        "(BatchSplitter; the same numbers, more waiting for Python's lock)")
     p.set_defaults(func=cmd_bench)
 
 
