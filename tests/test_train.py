@@ -142,8 +142,25 @@ def test_resume_is_bit_identical(data, tmp_path, stop, workers):
     assert final.train_config["workers"] == workers
 
 
+@pytest.fixture
+def helpers(monkeypatch):
+    """The helper processes that training's ProcessSplitter starts, recorded."""
+    import tinyvit.train as T
+    from tinyvit.parallel import ProcessSplitter
+    started = []
+
+    class Recording(ProcessSplitter):
+        def _start(self, capacity):
+            super()._start(capacity)
+            started.extend(self._procs)
+
+    monkeypatch.setattr(T, "ProcessSplitter", Recording)
+    return started
+
+
 def _spy_batch_sizes(model, monkeypatch):
-    """Record the batch size of every model.loss_and_grads call (BatchSplitter calls it per part)."""
+    """Record the batch size of every model.loss_and_grads call in this process (with
+    workers=2 that is the first half of each batch; the other half is the helper's)."""
     real = model.loss_and_grads
     sizes = []
 
@@ -155,7 +172,7 @@ def _spy_batch_sizes(model, monkeypatch):
     return sizes
 
 
-def test_split_batch_is_deterministic_and_close_to_unsplit(data, monkeypatch):
+def test_split_batch_is_deterministic_and_close_to_unsplit(data, monkeypatch, helpers):
     train_ds, val_ds = data                            # 6 steps per epoch of 16 images
     cfg = TrainConfig(**{**FAST, "epochs": 2, "augment_pad": 1, "augment_flip": True})
     threads_before = set(threading.enumerate())
@@ -165,9 +182,11 @@ def test_split_batch_is_deterministic_and_close_to_unsplit(data, monkeypatch):
         sizes = _spy_batch_sizes(m, monkeypatch)
         h = train(m, train_ds, val_ds, cfg, progress=False, workers=workers)
         runs[name] = m, h, sizes
-    assert runs["split"][2] == [8] * 24                # 12 steps, each as two halves
+    assert runs["split"][2] == [8] * 12                # 12 steps, each half here, half in a helper
     assert runs["whole"][2] == [16] * 12
-    assert set(threading.enumerate()) == threads_before          # the worker threads were closed
+    assert len(helpers) == 2                           # one helper per split run
+    assert all(p.poll() is not None for p in helpers)  # and both have ended
+    assert set(threading.enumerate()) == threads_before
     (a, ha, _), (b, hb, _), (c, hc, _) = runs["split"], runs["again"], runs["whole"]
     assert ha["steps"]["loss"] == hb["steps"]["loss"]
     for k in a.params:
@@ -176,7 +195,7 @@ def test_split_batch_is_deterministic_and_close_to_unsplit(data, monkeypatch):
     np.testing.assert_allclose(ha["steps"]["loss"], hc["steps"]["loss"], rtol=1e-10)
 
 
-def test_split_threads_end_on_interrupt(data, tmp_path, monkeypatch):
+def test_split_helpers_end_on_interrupt(data, tmp_path, monkeypatch, helpers):
     train_ds, _ = data
     model = tiny_model()
     real = model.loss_and_grads
@@ -184,15 +203,14 @@ def test_split_threads_end_on_interrupt(data, tmp_path, monkeypatch):
 
     def interrupted(images, labels, *args):
         calls.append(1)
-        if len(calls) == 5:                            # step 3, in one of the two worker threads
+        if len(calls) == 3:                            # step 3, while the helper has its half
             raise KeyboardInterrupt
         return real(images, labels, *args)
 
     monkeypatch.setattr(model, "loss_and_grads", interrupted)
-    threads_before = set(threading.enumerate())
     with pytest.raises(KeyboardInterrupt):
         train(model, train_ds, None, TrainConfig(**{**FAST, "workers": 2}), out_dir=tmp_path, progress=False)
-    assert set(threading.enumerate()) == threads_before
+    assert len(helpers) == 1 and helpers[0].poll() is not None
     assert load_checkpoint(tmp_path / "checkpoint.npz").step == 2
 
 
@@ -257,7 +275,7 @@ def test_nan_loss_stops_with_step_and_lr(data, monkeypatch):
     assert len(calls) == 3                              # stopped right there, not a stream of NaNs
 
 
-@pytest.mark.filterwarnings("ignore::RuntimeWarning")     # np.errstate below does not reach worker threads
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")     # np.errstate below does not reach the helper processes
 @pytest.mark.parametrize("workers", [1, 2])
 def test_exploding_sgd_is_caught(data, workers):
     train_ds, _ = data

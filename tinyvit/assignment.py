@@ -698,7 +698,6 @@ _BLOCK_SHAPES = {"norm1.gamma": "D", "norm1.beta": "D", "attn.qkv.W": "D,3D", "a
 
 
 def _check_block_backward(c):
-    np = c.np
     D, M, heads = 4, 8, 2
     size = {"D": D, "3D": 3 * D, "M": M}
     p = {}

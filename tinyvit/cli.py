@@ -79,7 +79,7 @@ TRAIN_DEFAULTS = {
     "folder": dict(epochs=20, batch_size=32, lr=1e-3, warmup=1.0, augment_pad=2, augment_flip=True),
 }
 SHAPES_N_TRAIN, SHAPES_N_VAL = 20000, 2000
-DEFAULT_WORKERS = 2            # `tinyvit train` splits each batch over 2 threads (TrainConfig's default: 1)
+DEFAULT_WORKERS = 2            # `tinyvit train` splits each batch over 2 processes (TrainConfig's default: 1)
 
 # Options that may be given with --resume (they do not change the numbers).
 _RESUME_OK = {"out", "quiet", "max_steps", "data_dir", "threads", "resume", "command", "func", "log_every"}
@@ -118,8 +118,8 @@ def _add_train_parser(sub):
                "  tinyvit train --dataset mnist-test-split --data-dir ../shared/data --model mnist\n"
                "  tinyvit train --dataset folder --data-dir my_photos --image-size 32 --epochs 30\n"
                "  tinyvit train --resume runs/shapes               # continue a stopped run exactly\n\n"
-               f"Threads: each batch is split over --workers Python threads (default {DEFAULT_WORKERS}; --resume keeps\n"
-               "the run's), each running NumPy with --threads BLAS threads: workers x threads in all.\n"
+               f"Threads: each batch is split over --workers processes (default {DEFAULT_WORKERS}: this one and a helper;\n"
+               "--resume keeps the run's), each running NumPy with --threads BLAS threads: workers x threads in all.\n"
                "NumPy's BLAS reads OPENBLAS_NUM_THREADS / OMP_NUM_THREADS / MKL_NUM_THREADS\n"
                "when it starts; --threads N sets them and restarts the command so they take effect.\n"
                "Default: 1 BLAS thread unless one of those variables is set (tiny models gain nothing\n"
@@ -178,7 +178,7 @@ def _add_train_parser(sub):
     t.add_argument("--max-steps", type=_nonneg_int, default=None,
                    help="stop after this many steps (the schedule still covers all epochs; --resume continues)")
     t.add_argument("--workers", type=_positive_int, default=None, metavar="N",
-                   help=f"threads the batch is split over, each with one BLAS thread (default {DEFAULT_WORKERS}; "
+                   help=f"processes the batch is split over (this one and helpers), each with one BLAS thread (default {DEFAULT_WORKERS}; "
                         "1 = no split; results differ from other values in the last float bits)")
     o = p.add_argument_group("output")
     o.add_argument("--out", default=None, metavar="DIR",
@@ -186,7 +186,7 @@ def _add_train_parser(sub):
     o.add_argument("--resume", default=None, metavar="CHECKPOINT",
                    help="continue the run saved in this checkpoint (or run directory) exactly")
     o.add_argument("--threads", type=_positive_int, default=None,
-                   help="BLAS threads per worker thread, so workers x threads in all (default 1; "
+                   help="BLAS threads per worker process, so workers x threads in all (default 1; "
                         "sets OPENBLAS/OMP/MKL_NUM_THREADS and restarts the command)")
     o.add_argument("--quiet", action="store_true", help="no progress output, only the final summary")
     p.set_defaults(func=cmd_train)
@@ -574,7 +574,7 @@ def _maybe_reexec_for_threads(argv, args) -> None:
     its thread count, and glibc its malloc tuning, only when the process starts.
 
     --threads N asks for N. Without it, and with none of the thread variables set, training
-    runs ONE BLAS thread in each --workers thread: the matrices of these tiny models are too
+    runs ONE BLAS thread in each --workers process: the matrices of these tiny models are too
     small to gain from more, and on a busy machine extra BLAS threads that spin and wait made
     training ten times slower. The malloc settings (kept if the user set them) save 20-40%
     of each step.

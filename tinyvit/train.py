@@ -13,7 +13,7 @@ One step of training, the heart of it all:
     images, labels = next batch            (B, H, W, C) float32, (B,) int64
     loss, grads, logits = model.loss_and_grads(images, labels, label_smoothing)
                                            (config.workers > 1: the same up to float rounding,
-                                           the batch split over threads by parallel.BatchSplitter)
+                                           the batch split over processes: parallel.ProcessSplitter)
     clip_grad_norm(grads, clip)            scale all gradients so their global norm <= clip
     optimizer.step(model.params, grads, lr=schedule(step))   parameters change in place
 
@@ -47,7 +47,7 @@ from .checkpoint import CheckpointError, config_mismatch, load_checkpoint, save_
 from .datasets import Augment, BatchIterator, ImageDataset
 from .model import ViT
 from .optim import SGD, AdamW, clip_grad_norm, global_norm, make_schedule
-from .parallel import BatchSplitter
+from .parallel import ProcessSplitter
 
 __all__ = ["TrainConfig", "TrainingDiverged", "train", "evaluate", "predict_logits",
            "normalize_images", "write_history", "plot_history", "format_confusion",
@@ -87,7 +87,8 @@ class TrainConfig:
     log_every        plain-text progress line every this many steps (when not on a terminal)
     max_steps        stop after this many optimizer steps in total (the schedule still spans
                      all epochs, so a stopped run can be resumed exactly); None: run all epochs
-    workers          threads the batch is split over (tinyvit.parallel.BatchSplitter); 1: no split.
+    workers          processes the batch is split over: this one and workers - 1 helpers
+                     (tinyvit.parallel.ProcessSplitter); 1: no split.
                      Results are deterministic for a given value but differ from other values in
                      the last float bits
     """
@@ -418,14 +419,14 @@ def train(model: ViT, train_ds: ImageDataset, val_ds: ImageDataset | None = None
     bar = _Progress(progress, stream, cfg.log_every, total_steps)
     if progress:
         what = f"resuming at step {step}" if resume_from is not None else "training"
-        split = f" split over {cfg.workers} threads" if cfg.workers > 1 else ""
+        split = f" split over {cfg.workers} processes" if cfg.workers > 1 else ""
         bar.line(f"{what}: {len(train_ds)} images, {steps_per_epoch} steps/epoch x {cfg.epochs} epochs, "
                  f"batch {cfg.batch_size}{split}, {cfg.optimizer} lr {cfg.lr:g}, {model.num_params():,} parameters")
     wall0 = time.perf_counter()
     wall_before = history["epochs"][-1]["wall_time"] if history["epochs"] else 0.0
     steps_this_run, train_time = 0, 0.0
     run = history["running"]
-    splitter = BatchSplitter(model, cfg.workers)            # workers=1: model.loss_and_grads itself
+    splitter = ProcessSplitter(model, cfg.workers)          # workers=1: model.loss_and_grads itself
     try:
         while epoch < cfg.epochs and step < stop_at:
             epoch_t0 = time.perf_counter()
@@ -509,7 +510,7 @@ def train(model: ViT, train_ds: ImageDataset, val_ds: ImageDataset | None = None
             bar.line(f"interrupted at step {step}; checkpoint saved to {ckpt_path}")
         raise
     finally:
-        splitter.close()                                      # the worker threads end here
+        splitter.close()                                      # the helper processes end here
     if batch_done:                                            # stopped mid-epoch (max_steps)
         save()
         bar.line(f"stopped at step {step} (max_steps); resume from {ckpt_path}" if ckpt_path
