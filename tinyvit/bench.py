@@ -31,7 +31,9 @@ How it measures, so the numbers can be trusted:
 * Peak memory is the growth of the worker's peak resident set size
   (``getrusage(RUSAGE_SELF).ru_maxrss``) from just before the model is built
   to the end of the warm-up steps: model, optimizer state, activations and
-  temporaries, measured the same way for both frameworks.
+  temporaries, measured the same way for both frameworks. tinyvit's split
+  batch (``--split-with processes``, the default) adds a helper process: its
+  whole peak resident set is added, interpreter and NumPy included.
 * Matmul FLOPs are counted analytically (``matmul_flops``): 2*m*n*k per
   forward product, twice that for the backward (input and weight gradients).
 * PyTorch (when installed; it is not a dependency) runs the same model in

@@ -96,8 +96,8 @@ print(f"loss {loss:.4f}; an untrained model should be close to ln K = ln {cfg.nu
 #
 # ## 6.3 The backward pass
 #
-# `model.loss_and_grads` runs the forward, the loss, and `model.backward`,
-# which walks the same stages in reverse: head, pool (the gradient enters the
+# `model.loss_and_grads` runs the forward (with a shortcut in its last block,
+# shown below), the loss, and `model.backward`, which walks the same stages in reverse: head, pool (the gradient enters the
 # tokens at row 0 only), final norm, blocks in reverse order, position
 # embedding, CLS token (batch sum, tutorial 2), patch embedding. It returns one
 # gradient per parameter, under the parameter's name.
@@ -121,6 +121,26 @@ show("dpooled", dpooled)
 dtokens = np.zeros((images.shape[0], cfg.num_tokens, cfg.dim))
 dtokens[:, 0] = dpooled                                                # only row 0
 print("non-zero rows of the gradient at the final tokens:", np.flatnonzero(np.abs(dtokens).sum((0, 2))))
+
+# %% [markdown]
+# Only row 0 reaches the head, so in the **last** block the outputs of the
+# other T - 1 tokens are computed for nothing. The last block still needs every
+# token's key and value (the CLS token attends to them all), but only the CLS
+# token's query, attention row, residuals and MLP. `forward(...,
+# last_block_cls_only=True)` runs it that way: the last attention matrix is
+# (B, h, 1, T), the logits and every gradient are unchanged, and the block
+# costs about a third of the full one. `loss_and_grads` always trains this
+# way when `pool="cls"`.
+
+# %%
+full_logits, full_cache = model.forward(images)
+cls_logits, cls_cache = model.forward(images, last_block_cls_only=True)
+show("last block's attention, full", full_cache["attn"][-1])
+show("last block's attention, CLS only", cls_cache["attn"][-1])
+print("same logits:", np.allclose(full_logits, cls_logits, rtol=1e-12, atol=1e-12))
+g_full = model.backward(dlogits, full_cache)
+g_cls = model.backward(dlogits, cls_cache)
+print("largest gradient difference:", max(np.abs(g_full[k] - g_cls[k]).max() for k in g_full))
 
 # %% [markdown]
 # ## 6.4 End-to-end gradient check
