@@ -104,8 +104,8 @@ class BatchSplitter:
 # and softmax ran no faster on two threads than on one). Processes have no shared lock: the
 # helper process below computes its part of the batch with its own copy of the interpreter.
 # The numbers travel through one memory-mapped file: the parameters (copied in before every
-# step, since the optimizer changes them), the helper's images and labels, and its gradients,
-# logits and loss; only short JSON commands go through the helper's stdin and stdout.
+# step, since the optimizer changes them), the helper's images and labels, and its gradients
+# and logits; only short JSON lines (commands, the loss) go through its stdin and stdout.
 
 
 def _aligned(n: int) -> int:
