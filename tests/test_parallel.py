@@ -124,3 +124,20 @@ def test_process_split_errors_and_a_lost_helper():
             split.loss_and_grads(images, np.zeros(6, int))
         again, _, _ = split.loss_and_grads(images, np.zeros(6, int))   # a new helper starts
         assert again == loss
+
+
+def test_process_split_without_dev_shm(monkeypatch, tmp_path):
+    """Where there is no /dev/shm (macOS), the shared file goes to the temporary directory,
+    and is removed as soon as both sides have mapped it."""
+    import tempfile
+
+    import tinyvit.parallel as P
+    monkeypatch.setattr(P.os.path, "isdir", lambda path: False)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    model, rng = _model()
+    images, labels = rng.random((4, 8, 8, 2)), np.array([0, 1, 2, 0])
+    with P.ProcessSplitter(model, 2) as split:
+        loss, grads, _ = split.loss_and_grads(images, labels)
+        assert list(tmp_path.iterdir()) == []            # unlinked once mapped
+    with BatchSplitter(model, 2) as threads:
+        assert threads.loss_and_grads(images, labels)[0] == loss
