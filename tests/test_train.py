@@ -305,6 +305,15 @@ def test_history_files_and_plot(data, tmp_path):
     assert (tmp_path / "again" / "history.json").is_file()
 
 
+def test_curves_of_a_run_stopped_in_its_first_epoch_draw_without_warnings(data, recwarn):
+    train_ds, _ = data
+    hist = train(tiny_model(), train_ds, None, TrainConfig(**FAST), progress=False, max_steps=3)
+    assert hist["epochs"] == [] and len(hist["steps"]["step"]) == 3
+    fig = plot_history(hist)
+    assert "no epoch finished yet" in [t.get_text() for t in fig.axes[1].texts]
+    assert not [w for w in recwarn if "legend" in str(w.message)]
+
+
 class _Stream(io.StringIO):
     def __init__(self, tty):
         super().__init__()

@@ -593,12 +593,17 @@ def plot_history(history: dict, title: str | None = None):
     ax_loss.set_xlabel("step")
     ax_loss.set_ylabel("cross-entropy")
     ax_loss.set_yscale("log")
-    ax_loss.legend()
+    if steps["step"] or epochs:
+        ax_loss.legend()
     ax_acc.set_xlabel("epoch")
     ax_acc.set_ylabel("accuracy")
     ax_acc.set_ylim(0, 1.01)
     ax_acc.grid(alpha=0.3)
-    ax_acc.legend()
+    if epochs:                                           # none yet if stopped in the first epoch
+        ax_acc.legend()
+    else:
+        ax_acc.text(0.5, 0.5, "no epoch finished yet", ha="center", va="center",
+                    transform=ax_acc.transAxes, color="0.5")
     if title:
         fig.suptitle(title)
     return fig
