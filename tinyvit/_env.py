@@ -34,3 +34,11 @@ def tuned_env(base=None, threads: int | None = None, malloc_tuning: bool = True)
         for k, v in MALLOC_SETTINGS.items():
             env.setdefault(k, v)
     return env
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory so far, in bytes (Unix: Linux and macOS)."""
+    import resource                                      # Unix only: imported when measuring
+    import sys
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r if sys.platform == "darwin" else r * 1024   # Linux reports KiB

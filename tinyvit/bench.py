@@ -63,7 +63,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._env import MALLOC_SETTINGS, tuned_env
+from ._env import MALLOC_SETTINGS, peak_rss_bytes, tuned_env
 
 # --- the benchmark configs ----------------------------------------------------------------
 
@@ -210,12 +210,6 @@ def worker_env(threads: int, malloc_tuning: bool = True) -> dict:
 # --- worker side: one framework, one config, in a fresh process --------------------------------
 
 
-def _maxrss_bytes() -> int:
-    import resource                                      # Unix only: imported when measuring
-    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return r if sys.platform == "darwin" else r * 1024   # Linux reports KiB
-
-
 def _batch(bc: BenchConfig, seed: int = 0):
     rng = np.random.default_rng(seed)
     H = bc.image_size
@@ -234,12 +228,18 @@ class NumpyRunner:
         from .model import ViT
         from .parallel import BatchSplitter, ProcessSplitter
         self.images, self.labels = _batch(bc)
-        self.base_rss = _maxrss_bytes()
+        self.base_rss = peak_rss_bytes()
         self.model = ViT(bc.vit_config(gelu))
         self.splitter = (ProcessSplitter if split_with == "processes" else BatchSplitter)(
             self.model, split)
         self.opt = _numpy_adamw()
         self.cls_only = not full_last_block
+
+    def peak_bytes(self) -> int:
+        """Growth of this process's peak memory, plus all of any helper processes' (they exist
+        only for the split, so their interpreter and NumPy count too)."""
+        helpers = getattr(self.splitter, "helper_peak_bytes", lambda: 0)()
+        return peak_rss_bytes() - self.base_rss + helpers
 
     def step(self) -> float:
         t0 = time.perf_counter()
@@ -289,7 +289,7 @@ class TorchRunner:
         images, labels = _batch(bc)
         self.images = torch.from_numpy(images)
         self.labels = torch.from_numpy(labels)
-        self.base_rss = _maxrss_bytes()
+        self.base_rss = peak_rss_bytes()
         self.model = _torch_vit(torch, bc, gelu)
         decay = [p for n, p in self.model.named_parameters()
                  if p.ndim >= 2 and n not in ("cls_token", "pos_embed")]
@@ -298,6 +298,9 @@ class TorchRunner:
         self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05},
                                       {"params": rest, "weight_decay": 0.0}],
                                      lr=1e-3, betas=(0.9, 0.999), eps=1e-8)
+
+    def peak_bytes(self) -> int:
+        return peak_rss_bytes() - self.base_rss
 
     def step(self) -> float:
         F = self.torch.nn.functional
@@ -457,10 +460,7 @@ def _worker(spec: dict) -> int:
         if cmd["cmd"] == "step":
             send({"t": runner.step()})
         elif cmd["cmd"] == "mem":
-            # this process's growth, plus all of any helper processes' memory (they exist
-            # only for the split, so their interpreter and NumPy count too)
-            helpers = getattr(getattr(runner, "splitter", None), "helper_peak_bytes", lambda: 0)()
-            send({"peak_bytes": _maxrss_bytes() - runner.base_rss + helpers})
+            send({"peak_bytes": runner.peak_bytes()})
         elif cmd["cmd"] == "profile":
             # per-stage times only add up on one thread: profile without the batch split
             if spec.get("split", 1) > 1:

@@ -32,12 +32,18 @@ import numpy as np
 from ._checks import check_int, check_labels
 
 
+def _bounds(B: int, workers: int):
+    """Near-equal parts of a batch of B: [(start, stop), ...], one per worker."""
+    bounds = np.linspace(0, B, workers + 1).astype(int)
+    return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
 def _combine(parts, bounds):
     """The whole batch's (loss, grads, logits) from the parts' ones: the size-weighted mean
     of the losses and gradients (added in the parts' order, so deterministic), and the
     logits stacked."""
-    B = int(bounds[-1])
-    weights = [float(b - a) / B for a, b in zip(bounds[:-1], bounds[1:])]   # B_p / B: Python
+    B = bounds[-1][1]
+    weights = [float(b - a) / B for a, b in bounds]                       # B_p / B: Python
     loss = sum(w * p[0] for w, p in zip(weights, parts))                  # floats, so float32
     grads = {}                                                             # stays float32
     for name, first in parts[0][1].items():
@@ -69,8 +75,8 @@ class BatchSplitter:
         B = len(images)
         if self._pool is None or B < 2 * self.workers:
             return self.model.loss_and_grads(images, labels, label_smoothing, last_block_cls_only)
-        bounds = np.linspace(0, B, self.workers + 1).astype(int)         # near-equal parts
-        (a0, b0), *rest = zip(bounds[:-1], bounds[1:])
+        bounds = _bounds(B, self.workers)
+        (a0, b0), *rest = bounds
         futures = [self._pool.submit(self.model.loss_and_grads, images[a:b], labels[a:b],
                                      label_smoothing, last_block_cls_only) for a, b in rest]
         try:
@@ -112,31 +118,33 @@ def _aligned(n: int) -> int:
     return (n + 63) // 64 * 64
 
 
-def _layout(model, capacity: int, helpers: int):
-    """Byte offsets of every array in the shared file: {(owner, name): (offset, shape, dtype)}."""
-    cfg = model.config
+def _layout(cfg, capacity: int, helpers: int):
+    """Byte offsets of every array in the shared file: {(owner, name): (offset, shape, dtype)}.
+    It follows from the model config alone, so both sides compute it."""
+    from .model import param_shapes
     dtype = np.dtype(cfg.dtype)
     H, W = cfg.image_hw
+    shapes = param_shapes(cfg)
     entries, offset = {}, 0
 
     def add(owner, name, shape, dt):
         nonlocal offset
-        entries[(owner, name)] = (offset, tuple(int(s) for s in shape), np.dtype(dt).str)
+        entries[(owner, name)] = (offset, tuple(shape), np.dtype(dt))
         offset = _aligned(offset + int(np.prod(shape)) * np.dtype(dt).itemsize)
 
-    for name, p in model.params.items():
-        add("params", name, p.shape, dtype)
+    for name, shape in shapes.items():
+        add("params", name, shape, dtype)
     for h in range(helpers):
         add(h, "images", (capacity, H, W, cfg.in_channels), dtype)
         add(h, "labels", (capacity,), np.int64)
         add(h, "logits", (capacity, cfg.num_classes), dtype)
-        for name, p in model.params.items():
-            add(h, "grad:" + name, p.shape, dtype)
+        for name, shape in shapes.items():
+            add(h, "grad:" + name, shape, dtype)
     return entries, max(offset, 64)
 
 
 def _views(buf, layout) -> dict:
-    return {key: np.ndarray(shape, dtype=np.dtype(dt), buffer=buf, offset=off)
+    return {key: np.ndarray(shape, dtype=dt, buffer=buf, offset=off)
             for key, (off, shape, dt) in layout.items()}
 
 
@@ -167,7 +175,7 @@ class ProcessSplitter:
         from ._env import THREAD_VARS, tuned_env
         self.close()
         helpers = self.workers - 1
-        layout, size = _layout(self.model, capacity, helpers)
+        layout, size = _layout(self.model.config, capacity, helpers)
         folder = "/dev/shm" if os.path.isdir("/dev/shm") else None   # memory, not disk, on Linux
         fd, path = tempfile.mkstemp(prefix="tinyvit-split-", dir=folder)
         try:
@@ -179,8 +187,8 @@ class ProcessSplitter:
         # the helpers import this very copy of tinyvit, installed or not
         here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env["PYTHONPATH"] = os.pathsep.join([here] + [p for p in [env.get("PYTHONPATH")] if p])
-        spec = {"path": path, "config": self.model.config.to_dict(),
-                "layout": {f"{o}|{n}": v for (o, n), v in layout.items()}}
+        spec = {"path": path, "config": self.model.config.to_dict(), "capacity": capacity,
+                "helpers": helpers}
         try:
             for h in range(helpers):
                 p = subprocess.Popen([sys.executable, "-m", "tinyvit.parallel",
@@ -235,19 +243,17 @@ class ProcessSplitter:
         # the checks loss_and_grads makes, before any part is copied (and so converted)
         self.model._check_images(images)
         check_labels("labels", labels, self.model.config.num_classes, batch=B)
-        bounds = np.linspace(0, B, self.workers + 1).astype(int)
-        parts = list(zip(bounds[:-1], bounds[1:]))
+        parts = _bounds(B, self.workers)
         largest = max(b - a for a, b in parts[1:])
         if not self._procs or largest > self._capacity:
-            self._start(int(max(largest, self._capacity)))
+            self._start(max(largest, self._capacity))
         v = self._views
         for name, p in self.model.params.items():
             v[("params", name)][...] = p                 # the optimizer changed them in place
-        labels = np.asarray(labels)
         for h, (a, b) in enumerate(parts[1:]):
             v[(h, "images")][:b - a] = images[a:b]
             v[(h, "labels")][:b - a] = labels[a:b]
-            self._send(h, cmd="step", n=int(b - a), label_smoothing=float(label_smoothing),
+            self._send(h, cmd="step", n=b - a, label_smoothing=float(label_smoothing),
                        last_block_cls_only=last_block_cls_only)
         error = None
         try:
@@ -270,7 +276,7 @@ class ProcessSplitter:
             raise
         if error is not None:
             raise error
-        return _combine(results, bounds)
+        return _combine(results, parts)
 
     def close(self) -> None:
         import subprocess
@@ -309,29 +315,24 @@ def _helper(spec: dict) -> int:
     import mmap
     import signal
 
+    from ._env import peak_rss_bytes
     from .model import ViT, ViTConfig
     signal.signal(signal.SIGINT, signal.SIG_IGN)         # Ctrl-C is the parent's to handle
     proto = os.fdopen(os.dup(1), "w", buffering=1)       # replies; anything printed goes to stderr
     os.dup2(2, 1)
-    layout = {}
-    for key, (off, shape, dt) in spec["layout"].items():
-        owner, name = key.split("|", 1)
-        layout[("params" if owner == "params" else int(owner), name)] = (off, tuple(shape), dt)
+    cfg = ViTConfig.from_dict(spec["config"])
     with open(spec["path"], "r+b") as f:
         buf = mmap.mmap(f.fileno(), 0)
-    v = _views(buf, layout)
+    v = _views(buf, _layout(cfg, spec["capacity"], spec["helpers"])[0])
     h = spec["helper"]
-    names = [n for (o, n) in layout if o == "params"]
-    model = ViT(ViTConfig.from_dict(spec["config"]), params={n: v[("params", n)] for n in names})
+    model = ViT(cfg, params={n: a for (o, n), a in v.items() if o == "params"})
     proto.write(json.dumps({"ready": True}) + "\n")
     for line in sys.stdin:
         cmd = json.loads(line)
         if cmd["cmd"] == "quit":
             break
         if cmd["cmd"] == "mem":
-            import resource
-            r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-            proto.write(json.dumps({"peak_bytes": r if sys.platform == "darwin" else r * 1024}) + "\n")
+            proto.write(json.dumps({"peak_bytes": peak_rss_bytes()}) + "\n")
             continue
         n = cmd["n"]
         try:

@@ -105,7 +105,7 @@ _AS_A = (1.061405429, -1.453152027, 1.421413741, -0.284496736, 0.254829592)   # 
 # Q = erfc(z) / 2 = 0.5 t (a1 + ... + a5 t^4) exp(-x^2 / 2) = 0.5 sqrt(2 pi) t (a1 + ...) phi(x),
 # phi the normal density: the factor 0.5 sqrt(2 pi) is folded into the coefficients, so the
 # code below computes phi once and uses it twice (here, and in the backward, which needs it).
-_AS_C = tuple(0.5 * 2.5066282746310002 * a for a in _AS_A)   # 2.5066... = sqrt(2 pi)
+_AS_C = tuple(0.5 / _INV_SQRT_2PI * a for a in _AS_A)      # 0.5 sqrt(2 pi) a_i
 
 _BLOCK = 1 << 18                           # numbers per block in the float32 GELU (1 MB)
 
