@@ -1,19 +1,21 @@
 """The gradient checks must be able to fail.
 
-Each test plants a classic backward-pass bug in one layer (by monkeypatching
-the function the model calls) and asserts that the same whole-model gradient
-check used in test_model.py reports errors far above its threshold, on the
-tensors the bug touches.
+Each test plants a classic backward-pass bug in one reference layer (by
+monkeypatching the function wherever the reference set looks it up) and asserts
+that the same whole-model gradient check used in test_model.py reports errors
+far above its threshold, on the tensors the bug touches. The last test replaces
+each reference function with one that raises: the model must run every one.
 """
 
 import numpy as np
 import pytest
 
-import tinyvit.layers.attention as attention_mod
+import inspect
+import sys
+
+import tinyvit.layers as layers_pkg
 import tinyvit.layers.block as block_mod
 import tinyvit.layers.linear as linear_mod
-import tinyvit.layers.mlp as mlp_mod
-import tinyvit.model as model_mod
 from tinyvit import ViT, ViTConfig
 from tinyvit.gradcheck import check_model
 
@@ -60,17 +62,17 @@ def bad_block_backward(dout, cache):
 def bad_linear_backward(dout, cache):
     """Uses W instead of W.T for the input gradient (a transposed weight; only square
     weights, such as the attention output projection, can run with it)."""
-    x2, W, lead = cache
-    dx, dW, db = linear_mod.linear_backward(dout, cache)
+    x, W = cache
+    dx, dW, db = REAL["linear_backward"](dout, cache)
     if W.shape[0] == W.shape[1]:
-        dx = (dout.reshape(-1, W.shape[1]) @ W).reshape(*lead, W.shape[0])
+        dx = dout @ W
     return dx, dW, db
 
 
 def bad_gelu_backward(dout, cache):
     """Keeps only Phi(x) of the exact GELU derivative, dropping x * phi(x)."""
-    x, kind, (cdf, pdf) = cache
-    return dout * cdf
+    x, kind = cache
+    return dout * 0.5 * (1.0 + layers_pkg.erf(x / np.sqrt(2.0)))
 
 
 def bad_cls_backward(dout, cache):
@@ -78,20 +80,31 @@ def bad_cls_backward(dout, cache):
     return dout[:, 1:, :], dout[:, 0:1, :].mean(axis=0, keepdims=True)
 
 
+# The reference modules: tinyvit.layers and each of its submodules. A function is looked up
+# by name in the module that calls it, so a replacement goes into every one that has the name.
+MODULES = [layers_pkg] + [m for n, m in sorted(sys.modules.items()) if n.startswith("tinyvit.layers.")]
+REAL = {name: getattr(layers_pkg, name) for name in layers_pkg.__all__}
+
+
+def replace_everywhere(monkeypatch, name, replacement):
+    for module in MODULES:
+        if hasattr(module, name):
+            monkeypatch.setattr(module, name, replacement)
+
+
 BUGS = {
     "layernorm without the variance term": (
-        [(block_mod, "layernorm_backward"), (model_mod, "layernorm_backward")],
-        bad_layernorm_backward, ["blocks.0.norm1.gamma", "patch_embed.W"]),
+        "layernorm_backward", bad_layernorm_backward, ["blocks.0.norm1.gamma", "patch_embed.W"]),
     "softmax without the row-sum term": (
-        [(attention_mod, "softmax_backward")], bad_softmax_backward, ["blocks.0.attn.qkv.W"]),
+        "softmax_backward", bad_softmax_backward, ["blocks.0.attn.qkv.W"]),
     "dropped residual": (
-        [(model_mod, "block_backward")], bad_block_backward, ["blocks.0.mlp.fc1.W", "cls_token"]),
+        "block_backward", bad_block_backward, ["blocks.0.mlp.fc1.W", "cls_token"]),
     "transposed weight": (
-        [(attention_mod, "linear_backward")], bad_linear_backward, ["blocks.0.attn.qkv.W", "images"]),
+        "linear_backward", bad_linear_backward, ["blocks.0.attn.proj.W", "images"]),
     "GELU missing x*pdf": (
-        [(mlp_mod, "gelu_backward")], bad_gelu_backward, ["blocks.1.mlp.fc1.W"]),
+        "gelu_backward", bad_gelu_backward, ["blocks.1.mlp.fc1.W"]),
     "CLS gradient averaged": (
-        [(model_mod, "cls_backward")], bad_cls_backward, ["cls_token"]),
+        "cls_backward", bad_cls_backward, ["cls_token"]),
 }
 
 
@@ -101,10 +114,32 @@ def test_the_check_passes_without_a_bug():
 
 @pytest.mark.parametrize("bug", list(BUGS))
 def test_planted_bug_is_caught(monkeypatch, bug):
-    targets, replacement, hit = BUGS[bug]
-    for module, name in targets:
-        monkeypatch.setattr(module, name, replacement)
+    name, replacement, hit = BUGS[bug]
+    replace_everywhere(monkeypatch, name, replacement)
     errors = run_check()
     print(bug, {k: f"{errors[k]:.1e}" for k in hit})
     for name in hit:
         assert errors[name] > 1e-3, (bug, name, errors[name])
+
+
+class Planted(Exception):
+    pass
+
+
+# every function of the reference set but the table of block parameter shapes (no layer)
+FUNCTIONS = [n for n in layers_pkg.__all__
+             if inspect.isfunction(getattr(layers_pkg, n)) and n != "block_param_shapes"]
+
+
+@pytest.mark.parametrize("name", FUNCTIONS)
+def test_the_model_runs_every_reference_function(monkeypatch, name):
+    """Replacing any reference function with one that raises makes loss_and_grads fail: every
+    function a learner reads (and a student may be asked to write) is one the model runs."""
+    def raises(*args, **kwargs):
+        raise Planted(name)
+
+    replace_everywhere(monkeypatch, name, raises)
+    cfg = ViTConfig(image_size=8, in_channels=1, patch_size=4, dim=8, depth=1, heads=2, mlp_dim=8,
+                    num_classes=3, pos_embed="sincos" if name == "sincos_pos_embed" else "learned")
+    with pytest.raises(Planted):
+        ViT(cfg).loss_and_grads(np.zeros((2, 8, 8, 1), np.float32), np.array([0, 1]))

@@ -49,7 +49,7 @@ def test_model_gradients_match_finite_differences(kw):
 ])
 def test_cls_only_last_block_gradients_match_finite_differences(kw):
     """The forward that training runs (last block on the CLS token alone) has right gradients."""
-    model = perturbed_model(tiny_config(pool="cls", **kw))
+    model = perturbed_model(tiny_config(pool="cls", **kw)).using("fast")
     images = np.random.default_rng(5).random((3, 8, 8, 2))
     errors = check_model(model, images, last_block_cls_only=True)
     assert max(errors.values()) < TOL, "\n" + format_errors(errors, TOL)
@@ -61,21 +61,24 @@ def test_cls_only_last_block_gives_the_full_forwards_logits_and_gradients(depth,
     model = perturbed_model(tiny_config(pool="cls", depth=depth, gelu=gelu))
     images = np.random.default_rng(6).random((5, 8, 8, 2))
     dlogits = np.random.default_rng(7).standard_normal((5, model.config.num_classes))
-    full, c_full = model.forward(images)
-    part, c_part = model.forward(images, last_block_cls_only=True)
+    full, c_full = model.forward(images)                 # the reference, every token
+    fast = model.using("fast")
+    part, c_part = fast.forward(images, last_block_cls_only=True)
     np.testing.assert_allclose(part, full, rtol=1e-13, atol=1e-14)
     T = model.config.num_tokens
     assert c_full["attn"][-1].shape[2:] == (T, T) and c_part["attn"][-1].shape[2:] == (1, T)
     np.testing.assert_allclose(c_part["attn"][-1], c_full["attn"][-1][:, :, :1], rtol=1e-13)
-    g_full, dx_full = model.backward(dlogits, c_full, input_grad=True)
-    g_part, dx_part = model.backward(dlogits, c_part, input_grad=True)
+    g_full, dx_full = model.backward_with_input(dlogits, c_full)
+    g_part, dx_part = fast.backward_with_input(dlogits, c_part)
     for k in g_full:
         np.testing.assert_allclose(g_part[k], g_full[k], rtol=1e-11, atol=1e-14, err_msg=k)
     np.testing.assert_allclose(dx_part, dx_full, rtol=1e-11, atol=1e-14)
     # and loss_and_grads, which trains this way, returns the full forward's values
     labels = np.array([0, 1, 2, 0, 1])
-    loss, grads, logits = model.loss_and_grads(images, labels)
+    loss, grads, logits = fast.loss_and_grads(images, labels)
     np.testing.assert_allclose(logits, full, rtol=1e-13, atol=1e-14)
+    for k in g_full:
+        assert grads[k].shape == g_full[k].shape
 
 
 def test_cls_only_last_block_needs_cls_pooling():
@@ -85,6 +88,9 @@ def test_cls_only_last_block_needs_cls_pooling():
         model.forward(images, last_block_cls_only=True)
     with pytest.raises(TypeError, match="last_block_cls_only: expected True or False, got int"):
         ViT(tiny_config()).forward(images, last_block_cls_only=1)
+    # the reference layers compute every token: asking them for less is an error, not a no-op
+    with pytest.raises(ValueError, match="last_block_cls_only: needs a layer set .* got layers='reference'"):
+        ViT(tiny_config()).forward(images, last_block_cls_only=True)
 
 
 def test_loss_gradients_match_finite_differences():

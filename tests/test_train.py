@@ -159,16 +159,19 @@ def helpers(monkeypatch):
 
 
 def _spy_batch_sizes(model, monkeypatch):
-    """Record the batch size of every model.loss_and_grads call in this process (with
-    workers=2 that is the first half of each batch; the other half is the helper's)."""
-    real = model.loss_and_grads
+    """Record the batch size of every ViT.loss_and_grads call in this process (with
+    workers=2 that is the first half of each batch; the other half is the helper's).
+    The training loop runs model.using("fast"), a second ViT on the same parameters,
+    so the spy goes on the class."""
+    real = ViT.loss_and_grads
     sizes = []
 
-    def spy(images, labels, *args):
-        sizes.append(len(images))
-        return real(images, labels, *args)
+    def spy(self, images, labels, *args):
+        if self.params is model.params:
+            sizes.append(len(images))
+        return real(self, images, labels, *args)
 
-    monkeypatch.setattr(model, "loss_and_grads", spy)
+    monkeypatch.setattr(ViT, "loss_and_grads", spy)
     return sizes
 
 
@@ -209,7 +212,8 @@ def test_split_helpers_end_on_interrupt(data, tmp_path, monkeypatch, helpers):
 
     monkeypatch.setattr(model, "loss_and_grads", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        train(model, train_ds, None, TrainConfig(**{**FAST, "workers": 2}), out_dir=tmp_path, progress=False)
+        train(model, train_ds, None, TrainConfig(**{**FAST, "workers": 2}), out_dir=tmp_path,
+              progress=False, layers="model")            # the patched model itself runs the steps
     assert len(helpers) == 1 and helpers[0].poll() is not None
     assert load_checkpoint(tmp_path / "checkpoint.npz").step == 2
 
@@ -271,7 +275,7 @@ def test_nan_loss_stops_with_step_and_lr(data, monkeypatch):
     monkeypatch.setattr(model, "loss_and_grads", flaky)
     cfg = TrainConfig(**{**FAST, "schedule": "constant", "warmup": 0.0, "lr": 0.004})
     with pytest.raises(TrainingDiverged, match=r"loss nan at step 3 \(epoch 1, learning rate 0.004\)"):
-        train(model, train_ds, None, cfg, progress=False)
+        train(model, train_ds, None, cfg, progress=False, layers="model")
     assert len(calls) == 3                              # stopped right there, not a stream of NaNs
 
 

@@ -99,19 +99,16 @@ PARTS = (
           "A (..., T)"),
     _part("attention_backward", 20, "backward",
           "return (dx (B, T, D), dWqkv (D, 3D), dbqkv (3D,), dWproj (D, D), dbproj (D,)); "
-          "cache is the dict attention_forward built; dout is (B, n, D) and cache['attn'] "
-          "(B, h, n, T), n < T when only the first n tokens asked (queries=n): the others' dq is 0"),
+          "cache is the dict attention_forward built"),
     _part("gelu_backward", 5, "backward",
           "return dx (...), same shape as dout, for both kinds 'exact' and 'tanh'; "
-          "cache = (x, kind, aux) from gelu_forward: aux = (Phi(x), phi(x)) for 'exact', "
-          "t = tanh(...) for 'tanh'"),
+          "cache = (x, kind) from gelu_forward"),
     _part("mlp_backward", 5, "backward",
           "return (dx (..., D), dW1 (D, M), db1 (M,), dW2 (M, D), db2 (D,)): "
           "undo fc2, GELU and fc1 in reverse order"),
     _part("block_backward", 10, "backward",
           "return (dx (B, T, D), grads), grads a dict with the 12 names of BLOCK_PARAMS; "
-          "each residual sends dout down two paths; with queries=n, dout is (B, n, D) and "
-          "the straight paths reach only the first n rows"),
+          "each residual sends dout down two paths"),
     _part("cls_backward", 5, "backward",
           "return (dx (B, N, D), dcls (1, 1, D)): dcls sums position 0's gradient over the batch"),
     _part("pos_backward", 2, "backward",
@@ -663,7 +660,6 @@ def _check_attention_backward(c):
               ("bqkv", c.normal(3 * D, scale=0.1)), ("Wproj", c.normal(D, D, scale=0.5)),
               ("bproj", c.normal(D, scale=0.1))]
     c.pair("attention_forward", "attention_backward", inputs, extra=(2,))
-    c.pair("attention_forward", "attention_backward", inputs, extra=(2, 1), prefix="queries=1: ")
 
 
 def _check_gelu_backward(c):
@@ -692,30 +688,21 @@ def _check_patchify_backward(c):
     c.pair("patchify_forward", "patchify_backward", [("x", c.normal(2, 4, 6, 3))], extra=(2,))
 
 
-_BLOCK_SHAPES = {"norm1.gamma": "D", "norm1.beta": "D", "attn.qkv.W": "D,3D", "attn.qkv.b": "3D",
-                 "attn.proj.W": "D,D", "attn.proj.b": "D", "norm2.gamma": "D", "norm2.beta": "D",
-                 "mlp.fc1.W": "D,M", "mlp.fc1.b": "M", "mlp.fc2.W": "M,D", "mlp.fc2.b": "D"}
-
-
 def _check_block_backward(c):
     D, M, heads = 4, 8, 2
-    size = {"D": D, "3D": 3 * D, "M": M}
     p = {}
-    for name, dims in _BLOCK_SHAPES.items():
-        shape = tuple(size[s] for s in dims.split(","))
+    for name, shape in c.R.block_param_shapes(D, M).items():
         shift = 1.0 if name.endswith("gamma") else 0.0
         p[name] = c.normal(*shape, scale=0.5 if name.endswith(".W") else 0.2, shift=shift)
-    x = c.normal(2, 3, D)
-    for queries in (None, 1):
-        _check_block_pair(c, x, p, heads, queries, "" if queries is None else "queries=1: ")
+    _check_block_pair(c, c.normal(2, 3, D), p, heads, "")
 
 
-def _check_block_pair(c, x, p, heads, queries, prefix):
+def _check_block_pair(c, x, p, heads, prefix):
     np = c.np
-    truth = lambda: c.R.block_forward(x, p, heads, "exact", queries)[0]
+    truth = lambda: c.R.block_forward(x, p, heads, "exact")[0]
     dout = c.rng.standard_normal(np.shape(truth()))
     _, cache = c.out_and_cache(
-        c.S.block_forward(x.copy(), {k: v.copy() for k, v in p.items()}, heads, "exact", queries),
+        c.S.block_forward(x.copy(), {k: v.copy() for k, v in p.items()}, heads, "exact"),
         "block_forward")
     given = dout.copy()
     result = c.own["block_backward"](given, cache)
@@ -725,7 +712,7 @@ def _check_block_pair(c, x, p, heads, queries, prefix):
     dx, grads = result
     c.compare(prefix + "dout unchanged", given, dout)
     c.compare(prefix + "dx", dx, c.numerical_vjp(truth, x, dout))
-    for name in _BLOCK_SHAPES:
+    for name in p:
         if name not in grads:
             c._fail(prefix + "d" + name, "missing from the grads dict")
             continue

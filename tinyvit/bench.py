@@ -64,6 +64,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._env import MALLOC_SETTINGS, peak_rss_bytes, tuned_env
+from .optim import AdamW
 
 # --- the benchmark configs ----------------------------------------------------------------
 
@@ -224,16 +225,16 @@ class NumpyRunner:
     helpers) or threads (BatchSplitter, split_with="threads"), one BLAS thread each."""
 
     def __init__(self, bc: BenchConfig, gelu: str, split: int = 1, full_last_block: bool = False,
-                 split_with: str = "processes"):
+                 split_with: str = "processes", layers: str = "fast"):
         from .model import ViT
         from .parallel import BatchSplitter, ProcessSplitter
         self.images, self.labels = _batch(bc)
         self.base_rss = peak_rss_bytes()
-        self.model = ViT(bc.vit_config(gelu))
+        self.model = ViT(bc.vit_config(gelu), layers=layers)
         self.splitter = (ProcessSplitter if split_with == "processes" else BatchSplitter)(
             self.model, split)
-        self.opt = _numpy_adamw()
-        self.cls_only = not full_last_block
+        self.opt = AdamW(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.05)
+        self.cls_only = not full_last_block and layers == "fast"   # the reference computes all
 
     def peak_bytes(self) -> int:
         """Growth of this process's peak memory, plus all of any helper processes' (they exist
@@ -247,33 +248,6 @@ class NumpyRunner:
                                                       last_block_cls_only=self.cls_only)
         self.opt.step(self.model.params, grads)
         return time.perf_counter() - t0
-
-
-def _numpy_adamw():
-    try:
-        from .optim import AdamW
-    except ImportError:                                  # pragma: no cover - optim being written
-        return _PlainAdamW()
-    return AdamW(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.05)
-
-
-class _PlainAdamW:                                       # pragma: no cover - fallback only
-    def __init__(self):
-        self.m, self.v, self.t = {}, {}, 0
-
-    def step(self, params, grads):
-        self.t += 1
-        for k, p in params.items():
-            g = grads[k]
-            m = self.m.setdefault(k, np.zeros_like(p))
-            v = self.v.setdefault(k, np.zeros_like(p))
-            if p.ndim >= 2 and k not in ("cls_token", "pos_embed"):
-                p *= 1.0 - 1e-3 * 0.05
-            m *= 0.9
-            m += 0.1 * g
-            v *= 0.999
-            v += 0.001 * g * g
-            p -= (1e-3 / (1 - 0.9 ** self.t)) * m / (np.sqrt(v / (1 - 0.999 ** self.t)) + 1e-8)
 
 
 class TorchRunner:
@@ -401,8 +375,9 @@ def stage_timers(totals: dict):
     into totals[stage]. The wrappers are removed on exit."""
     import importlib
     modules = [importlib.import_module(m) for m in
-               ("tinyvit.model", "tinyvit.layers.block", "tinyvit.layers.attention",
-                "tinyvit.layers.mlp", "tinyvit.layers.linear", "tinyvit.layers.layernorm")]
+               ("tinyvit.fast_layers", "tinyvit.layers", "tinyvit.layers.block",
+                "tinyvit.layers.attention", "tinyvit.layers.mlp", "tinyvit.layers.linear",
+                "tinyvit.layers.layernorm")]
     stack = []                                           # [stage, start, nested time]
     def wrap(stage, fn):
         def timed(*args, **kwargs):
@@ -453,7 +428,8 @@ def _worker(spec: dict) -> int:
     else:
         runner = NumpyRunner(bc, spec["gelu"], spec.get("split", 1),
                              spec.get("full_last_block", False),
-                             spec.get("split_with", "processes"))
+                             spec.get("split_with", "processes"),
+                             "reference" if spec["framework"] == "reference" else "fast")
     send({"ready": True})
     for line in sys.stdin:
         cmd = json.loads(line)
@@ -522,7 +498,7 @@ def torch_available() -> bool:
 
 def run_bench(configs, threads=2, steps=20, warmup=3, use_torch=None, gelus=("exact",),
               profile=False, gap=0.25, malloc_tuning=True, split=True, block=5,
-              full_last_block=False, split_with="processes", log=print) -> dict:
+              full_last_block=False, split_with="processes", reference=True, log=print) -> dict:
     """Run the benchmark; returns the JSON-able results (also what --json writes).
 
     split: tinyvit splits each batch over ``threads`` processes (split_with="processes":
@@ -535,6 +511,8 @@ def run_bench(configs, threads=2, steps=20, warmup=3, use_torch=None, gelus=("ex
     of on the CLS token alone (the benchmark models pool the CLS token). MFU divides the
     model's standard FLOP count (the same for both) by the step time; GFLOP/s and HFU count
     the matrix products each framework actually runs.
+    reference: also time tinyvit with its reference layers (tinyvit.layers, the textbook forms,
+    every token in every block), run "reference"; "numpy" runs tinyvit.fast_layers.
     """
     if use_torch is None:
         use_torch = torch_available()
@@ -554,9 +532,10 @@ def run_bench(configs, threads=2, steps=20, warmup=3, use_torch=None, gelus=("ex
     log(f"{_machine_line(result)}\nmatmul peak before the runs: {p['gflops']:.0f} GFLOP/s")
     for name in configs:
         bc = CONFIGS[name]
-        flops = {"torch": matmul_flops(bc, bc.batch),
+        flops = {"torch": matmul_flops(bc, bc.batch), "reference": matmul_flops(bc, bc.batch),
                  "numpy": matmul_flops(bc, bc.batch, last_block_cls_only=not full_last_block)}
-        runs = [("numpy", g) for g in gelus] + ([("torch", gelus[0])] if use_torch else [])
+        runs = ([("numpy", g) for g in gelus] + ([("reference", gelus[0])] if reference else [])
+                + ([("torch", gelus[0])] if use_torch else []))
         workers = {}
         try:
             for fw, g in runs:
@@ -594,10 +573,13 @@ def run_bench(configs, threads=2, steps=20, warmup=3, use_torch=None, gelus=("ex
                 w = workers[("numpy", gelus[0])]
                 entry["profile"] = w.ask(cmd="profile", steps=max(3, steps // 2))
                 entry["profile"]["note"] = PROFILE_NOTE
+            t = {fw: entry["results"][f"{fw}/{gelus[0]}"]["step_ms"] for fw, g in runs if g == gelus[0]}
             if use_torch:
-                t_np = entry["results"][f"numpy/{gelus[0]}"]["step_ms"]
-                t_pt = entry["results"][f"torch/{gelus[0]}"]["step_ms"]
-                entry["ratio_numpy_over_torch"] = t_np / t_pt
+                entry["ratio_numpy_over_torch"] = t["numpy"] / t["torch"]
+                if reference:
+                    entry["ratio_reference_over_torch"] = t["reference"] / t["torch"]
+            if reference:
+                entry["ratio_reference_over_numpy"] = t["reference"] / t["numpy"]
             if len(gelus) > 1:
                 entry["ratio_exact_over_tanh"] = (entry["results"]["numpy/exact"]["step_ms"] /
                                                   entry["results"]["numpy/tanh"]["step_ms"])
@@ -659,6 +641,11 @@ def format_entry(name: str, entry: dict) -> str:
                      f"{100 * r['mfu']:>6.1f}%{100 * r['hfu']:>6.1f}%{r['peak_mem_mb']:>9.1f}")
     if "ratio_numpy_over_torch" in entry:
         lines.append(f"  tinyvit / torch step time: {entry['ratio_numpy_over_torch']:.2f}x")
+    if "ratio_reference_over_torch" in entry:
+        lines.append(f"  tinyvit reference layers / torch step time: "
+                     f"{entry['ratio_reference_over_torch']:.2f}x")
+    if "ratio_reference_over_numpy" in entry:
+        lines.append(f"  reference / fast layers step time: {entry['ratio_reference_over_numpy']:.2f}x")
     if "ratio_exact_over_tanh" in entry:
         lines.append(f"  exact / tanh GELU step time: {entry['ratio_exact_over_tanh']:.2f}x")
     if "profile" in entry:
@@ -703,7 +690,7 @@ def cmd_bench(args) -> int:
                        use_torch=args.torch, gelus=gelus, profile=args.profile,
                        gap=args.gap, malloc_tuning=args.malloc_tuning, split=args.split,
                        block=args.block, full_last_block=args.full_last_block,
-                       split_with=args.split_with)
+                       split_with=args.split_with, reference=args.reference)
     if args.json:
         _write_json(args.json, result)
         print(f"\nwrote {args.json}")
@@ -745,6 +732,9 @@ def add_command(subparsers) -> None:
                    help="what runs the parts of a split batch: helper processes "
                         "(tinyvit.parallel.ProcessSplitter, default) or Python threads "
                         "(BatchSplitter; the same numbers, more waiting for Python's lock)")
+    p.add_argument("--reference", action=argparse.BooleanOptionalAction, default=True,
+                   help="also time tinyvit with its reference (textbook) layers, run 'reference' "
+                        "(default on): what the plain code costs")
     p.set_defaults(func=cmd_bench)
 
 

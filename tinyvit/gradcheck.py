@@ -112,7 +112,7 @@ def check_model(model, images: np.ndarray, labels: np.ndarray | None = None, see
     else:                                        # L = sum(logits * random dout)
         dlogits = dout = rng.standard_normal(logits.shape).astype(logits.dtype)
         f = lambda: model(images)
-    grads, dimages = model.backward(dlogits, cache, input_grad=True)
+    grads, dimages = model.backward_with_input(dlogits, cache)
     errors = {}
     targets = dict(model.params)
     targets["images"] = images

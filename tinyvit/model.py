@@ -24,11 +24,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import fast_layers
+from . import layers as reference_layers
 from ._checks import check_array, check_choice, check_int, check_labels
-from .layers import (BLOCK_PARAMS, block_backward, block_forward, cls_backward, cls_forward,
-                     layernorm_backward, layernorm_forward, linear_backward, linear_forward,
-                     patchify_backward, patchify_forward, pos_backward, pos_forward,
-                     sincos_pos_embed, softmax_cross_entropy)
+from .layers import block_param_shapes
 
 POOLS = ("cls", "mean")
 GELUS = ("exact", "tanh")
@@ -147,11 +146,7 @@ def param_shapes(cfg: ViTConfig) -> dict[str, tuple[int, ...]]:
     shapes = {"patch_embed.W": (P * P * C, D), "patch_embed.b": (D,), "cls_token": (1, 1, D)}
     if cfg.pos_embed == "learned":
         shapes["pos_embed"] = (1, cfg.num_tokens, D)
-    block = {"norm1.gamma": (D,), "norm1.beta": (D,), "attn.qkv.W": (D, 3 * D),
-             "attn.qkv.b": (3 * D,), "attn.proj.W": (D, D), "attn.proj.b": (D,),
-             "norm2.gamma": (D,), "norm2.beta": (D,), "mlp.fc1.W": (D, M), "mlp.fc1.b": (M,),
-             "mlp.fc2.W": (M, D), "mlp.fc2.b": (D,)}
-    assert tuple(block) == BLOCK_PARAMS
+    block = block_param_shapes(D, M)
     for i in range(cfg.depth):
         shapes.update({f"blocks.{i}.{k}": s for k, s in block.items()})
     shapes.update({"norm.gamma": (D,), "norm.beta": (D,), "head.W": (D, K), "head.b": (K,)})
@@ -182,25 +177,72 @@ def init_params(cfg: ViTConfig) -> dict[str, np.ndarray]:
     return params
 
 
+# The functions a layer set must provide for ViT to run it (tinyvit.layers, tinyvit.fast_layers,
+# or any module or namespace with these names, such as a student's edition of tinyvit.layers).
+LAYER_FUNCTIONS = ("patchify_forward", "patchify_backward", "linear_forward", "linear_backward",
+                   "cls_forward", "cls_backward", "pos_forward", "pos_backward",
+                   "block_forward", "block_backward", "layernorm_forward", "layernorm_backward",
+                   "softmax_cross_entropy")
+LAYER_SETS = {"reference": reference_layers, "fast": fast_layers}
+
+
+def resolve_layers(layers):
+    """None or "reference" -> tinyvit.layers; "fast" -> tinyvit.fast_layers; a module or
+    namespace is checked for every function in LAYER_FUNCTIONS and returned as it is."""
+    if layers is None:
+        return reference_layers
+    if isinstance(layers, str):
+        check_choice("layers", layers, tuple(LAYER_SETS))
+        return LAYER_SETS[layers]
+    missing = [f for f in LAYER_FUNCTIONS if not callable(getattr(layers, f, None))]
+    if missing:
+        raise TypeError(f"layers: expected 'reference', 'fast' or a namespace with the layer "
+                        f"functions, got {layers!r}, which lacks {', '.join(missing)}")
+    return layers
+
+
+def layers_name(layers) -> str:
+    """"reference", "fast", or the module name of another layer set."""
+    for name, module in LAYER_SETS.items():
+        if layers is module:
+            return name
+    return getattr(layers, "__name__", type(layers).__name__)
+
+
 class ViT:
     """A Vision Transformer whose parameters are one flat dict of named arrays.
 
     >>> model = ViT(ViTConfig(image_size=28, in_channels=1, patch_size=7, num_classes=10))
     >>> logits, cache = model.forward(images)          # images (B, 28, 28, 1) float32
     >>> grads = model.backward(dlogits, cache)         # same names as model.params
+
+    layers: the set of layer functions the model runs. None or "reference" (the default):
+    tinyvit.layers, the textbook forms; "fast": tinyvit.fast_layers, the same numbers with the
+    speed tricks (what training and the benchmark use); or any module or namespace with the
+    functions of LAYER_FUNCTIONS, such as a student's own. ``model.using("fast")`` gives the
+    same model (the same parameter arrays) running another set.
     """
 
-    def __init__(self, config: ViTConfig | None = None, params: dict | None = None):
+    def __init__(self, config: ViTConfig | None = None, params: dict | None = None, layers=None):
         if config is None:
             config = ViTConfig()
         if not isinstance(config, ViTConfig):
             raise TypeError(f"config: expected a ViTConfig, got {type(config).__name__}")
         self.config = config
+        self.layers = resolve_layers(layers)
         self.params = init_params(config) if params is None else self._checked_params(params)
         self._fixed_pos = None
         if config.pos_embed == "sincos":
             gh, gw = config.grid
-            self._fixed_pos = sincos_pos_embed(gh, gw, config.dim, cls_token=True, dtype=config.dtype)
+            table = getattr(self.layers, "sincos_pos_embed", reference_layers.sincos_pos_embed)
+            self._fixed_pos = table(gh, gw, config.dim, cls_token=True, dtype=config.dtype)
+
+    def using(self, layers) -> "ViT":
+        """The same model running another layer set: it shares this model's parameter arrays,
+        so an update made in place through either is seen by both."""
+        other = ViT(self.config, self.params, layers)
+        other.params = self.params
+        return other
 
     def _checked_params(self, params: dict) -> dict:
         expected = param_shapes(self.config)
@@ -220,7 +262,9 @@ class ViT:
         return out
 
     # --- input checks ---------------------------------------------------------
-    def _check_images(self, images):
+    def check_images(self, images):
+        """Raises ValueError or TypeError, naming "images", unless images is a finite
+        (B, H, W, C) array of the config's size and dtype with B >= 1."""
         cfg = self.config
         H, W = cfg.image_hw
         check_array("images", images, ndim=4, kind="f", finite=False)
@@ -231,80 +275,117 @@ class ViT:
             raise ValueError("images: expected at least one image, got an empty batch")
         check_array("images", images, kind="f", dtype=cfg.dtype, finite=True)
 
+    def block_params(self, i: int) -> dict:
+        """Block i's parameters by their prefix-free names ("norm1.gamma", ...)."""
+        prefix = f"blocks.{i}."
+        return {k[len(prefix):]: v for k, v in self.params.items() if k.startswith(prefix)}
+
     # --- forward and backward --------------------------------------------------
     def forward(self, images: np.ndarray, last_block_cls_only: bool = False):
         """images (B, H, W, C) -> (logits (B, K), cache). cache["attn"][i] is block i's
         attention probabilities (B, h, T, T); row 0 is what the CLS token attends to.
 
-        last_block_cls_only (pool="cls" only): with CLS pooling the head reads nothing but
-        the CLS token's final state, so the last block need only compute that one token:
-        its query, its attention row, its residuals and MLP (every token still offers its
-        key and value). The logits and every gradient are the same as the full forward's,
-        for (T-1)/T less of the last block's MLP and projection work. loss_and_grads runs
-        this way; cache["attn"][-1] is then (B, h, 1, T), the CLS row alone.
+        last_block_cls_only (pool="cls" and a layer set with queries=n, such as "fast"):
+        with CLS pooling the head reads nothing but the CLS token's final state, so the
+        last block need only compute that one token: its query, its attention row, its
+        residuals and MLP (every token still offers its key and value). The logits and
+        every gradient are the same as the full forward's, for (T-1)/T less of the last
+        block's MLP and projection work; cache["attn"][-1] is then (B, h, 1, T).
         """
-        self._check_images(images)
-        cfg, p = self.config, self.params
+        self.check_images(images)
+        cfg, p, L = self.config, self.params, self.layers
         if not isinstance(last_block_cls_only, bool):
             raise TypeError(f"last_block_cls_only: expected True or False, "
                             f"got {type(last_block_cls_only).__name__}")
         if last_block_cls_only and cfg.pool != "cls":
             raise ValueError(f"last_block_cls_only: needs pool='cls' (with mean pooling the head "
                              f"reads every patch token), got pool={cfg.pool!r}")
+        if last_block_cls_only and not getattr(L, "SUPPORTS_QUERIES", False):
+            raise ValueError(f"last_block_cls_only: needs a layer set whose block_forward takes "
+                             f"queries=n (layers='fast'), got layers={layers_name(L)!r}")
         cache = {}
-        x, cache["patchify"] = patchify_forward(images, cfg.patch_size)    # (B, N, P*P*C)
-        x, cache["embed"] = linear_forward(x, p["patch_embed.W"], p["patch_embed.b"])  # (B, N, D)
-        x, _ = cls_forward(x, p["cls_token"])                              # (B, T, D)
+        x, cache["patchify"] = L.patchify_forward(images, cfg.patch_size)        # (B, N, P*P*C)
+        x, cache["embed"] = L.linear_forward(x, p["patch_embed.W"], p["patch_embed.b"])  # (B, N, D)
+        x, cache["cls"] = L.cls_forward(x, p["cls_token"])                       # (B, T, D)
         pos = p["pos_embed"] if cfg.pos_embed == "learned" else self._fixed_pos
-        x, _ = pos_forward(x, pos)                                         # (B, T, D)
+        x, cache["pos"] = L.pos_forward(x, pos)                                  # (B, T, D)
         cache["blocks"] = []
         for i in range(cfg.depth):
-            bp = {k: p[f"blocks.{i}.{k}"] for k in BLOCK_PARAMS}
-            queries = 1 if last_block_cls_only and i == cfg.depth - 1 else None
-            x, c = block_forward(x, bp, cfg.heads, cfg.gelu, queries)      # (B, T, D), (B, 1, D)
+            if last_block_cls_only and i == cfg.depth - 1:
+                x, c = L.block_forward(x, self.block_params(i), cfg.heads, cfg.gelu,
+                                       queries=1)                                # (B, 1, D)
+            else:
+                x, c = L.block_forward(x, self.block_params(i), cfg.heads, cfg.gelu)  # (B, T, D)
             cache["blocks"].append(c)
-        x, cache["norm"] = layernorm_forward(x, p["norm.gamma"], p["norm.beta"])  # (B, T or 1, D)
+        x, cache["norm"] = L.layernorm_forward(x, p["norm.gamma"], p["norm.beta"])  # (B, T or 1, D)
         if cfg.pool == "cls":
-            pooled = x[:, 0, :]                                            # (B, D)
+            pooled = x[:, 0, :]                                                  # (B, D)
         else:
-            pooled = x[:, 1:, :].mean(axis=1)                              # (B, D)
-        logits, cache["head"] = linear_forward(pooled, p["head.W"], p["head.b"])  # (B, K)
+            pooled = x[:, 1:, :].mean(axis=1)                                    # (B, D)
+        logits, cache["head"] = L.linear_forward(pooled, p["head.W"], p["head.b"])  # (B, K)
         cache["shape"] = x.shape
         cache["attn"] = [c[1]["attn"] for c in cache["blocks"]]
         return logits, cache
 
-    def backward(self, dlogits: np.ndarray, cache, input_grad: bool = False):
-        """dlogits (B, K) -> grads, a dict with the same names as ``params``.
-
-        With input_grad=True, returns (grads, dimages) where dimages (B, H, W, C)
-        is the gradient with respect to the input images.
-        """
-        cfg = self.config
+    def _backward(self, dlogits: np.ndarray, cache, attn_grads: list | None = None):
+        """The whole backward: (grads, dimages). With a list attn_grads, puts the gradient
+        of each block's attention probabilities in it, first block first."""
+        cfg, L = self.config, self.layers
         B, T, D = cache["shape"]                         # T = 1 after a CLS-only last block
         check_array("dlogits", dlogits, ndim=2, kind="f", dtype=cfg.dtype)
         if dlogits.shape != (B, cfg.num_classes):
             raise ValueError(f"dlogits: expected shape {(B, cfg.num_classes)}, got {dlogits.shape}")
         g = {}
-        dpooled, g["head.W"], g["head.b"] = linear_backward(dlogits, cache["head"])   # (B, D)
+        dpooled, g["head.W"], g["head.b"] = L.linear_backward(dlogits, cache["head"])   # (B, D)
         dx = np.zeros((B, T, D), dtype=dlogits.dtype)
         if cfg.pool == "cls":
             dx[:, 0, :] = dpooled                        # only the CLS token fed the head
         else:
             dx[:, 1:, :] = dpooled[:, None, :] / (T - 1)   # each patch token got 1/N of the mean
-        dx, g["norm.gamma"], g["norm.beta"] = layernorm_backward(dx, cache["norm"])
+        dx, g["norm.gamma"], g["norm.beta"] = L.layernorm_backward(dx, cache["norm"])
         for i in reversed(range(cfg.depth)):
-            dx, gb = block_backward(dx, cache["blocks"][i])
+            if attn_grads is not None:
+                attn_grads.insert(0, self._attention_probs_grad(dx, cache["blocks"][i]))
+            dx, gb = L.block_backward(dx, cache["blocks"][i])
             for k, v in gb.items():
                 g[f"blocks.{i}.{k}"] = v
-        dx, dpos = pos_backward(dx, None)
+        dx, dpos = L.pos_backward(dx, cache["pos"])
         if cfg.pos_embed == "learned":
             g["pos_embed"] = dpos
-        dx, g["cls_token"] = cls_backward(dx, None)      # dcls: batch sum at position 0
-        dpatches, g["patch_embed.W"], g["patch_embed.b"] = linear_backward(dx, cache["embed"])
-        grads = {k: g[k] for k in self.params}           # forward order, as params
-        if input_grad:
-            return grads, patchify_backward(dpatches, cache["patchify"])
-        return grads
+        dx, g["cls_token"] = L.cls_backward(dx, cache["cls"])   # dcls: batch sum at position 0
+        dpatches, g["patch_embed.W"], g["patch_embed.b"] = L.linear_backward(dx, cache["embed"])
+        dimages = L.patchify_backward(dpatches, cache["patchify"])   # (B, H, W, C)
+        return {k: g[k] for k in self.params}, dimages    # grads in forward order, as params
+
+    def _attention_probs_grad(self, dout, block_cache):
+        """The gradient of the loss at a block's attention probabilities A (B, h, n, T), from
+        the gradient dout at the block's output: back through residual 2 and the MLP branch to
+        the attention output, then through the projection and o = A @ v (dA = do @ v^T)."""
+        L = self.layers
+        c_n1, c_attn, c_n2, c_mlp = block_cache
+        dn2 = L.mlp_backward(dout, c_mlp)[0]
+        da = dout + L.layernorm_backward(dn2, c_n2)[0]   # (B, n, D) at the attention output
+        dmerged = L.linear_backward(da, c_attn["proj_cache"])[0]          # (B, n, D)
+        A, v = c_attn["attn"], c_attn["v"]
+        B, h, n, T = A.shape
+        do = dmerged.reshape(B, n, h, -1).transpose(0, 2, 1, 3)            # (B, h, n, d)
+        return do @ v.swapaxes(-1, -2)                   # (B, h, n, T)
+
+    def backward(self, dlogits: np.ndarray, cache) -> dict:
+        """dlogits (B, K) -> grads, a dict with the same names as ``params``."""
+        return self._backward(dlogits, cache)[0]
+
+    def backward_with_input(self, dlogits: np.ndarray, cache):
+        """dlogits (B, K) -> (grads, dimages): the parameter gradients and the gradient with
+        respect to the input images (B, H, W, C)."""
+        return self._backward(dlogits, cache)
+
+    def attention_grads(self, dlogits: np.ndarray, cache) -> list[np.ndarray]:
+        """dlogits (B, K) -> one array per block: the gradient of sum(dlogits * logits) with
+        respect to that block's attention probabilities, the shape of cache["attn"][i]."""
+        dattn = []
+        self._backward(dlogits, cache, attn_grads=dattn)
+        return dattn
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         """Logits (B, K) for images (B, H, W, C)."""
@@ -319,16 +400,18 @@ class ViT:
         """Softmax cross-entropy on a batch: returns (loss, grads, logits).
 
         last_block_cls_only: None (the default) runs the last block on the CLS token
-        alone whenever pool="cls" (same results, less work; see forward)."""
+        alone when pool="cls" and the layer set can (layers="fast"): same results, less
+        work (see forward). The reference layers always compute every token."""
         check_labels("labels", labels, self.config.num_classes,
                      batch=images.shape[0] if isinstance(images, np.ndarray) and images.ndim else None)
         if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, numbers.Real) \
                 or not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing: expected a number in [0, 1), got {label_smoothing!r}")
         if last_block_cls_only is None:
-            last_block_cls_only = self.config.pool == "cls"
+            last_block_cls_only = (self.config.pool == "cls"
+                                   and getattr(self.layers, "SUPPORTS_QUERIES", False))
         logits, cache = self.forward(images, last_block_cls_only=last_block_cls_only)
-        loss, dlogits = softmax_cross_entropy(logits, labels, float(label_smoothing))
+        loss, dlogits = self.layers.softmax_cross_entropy(logits, labels, float(label_smoothing))
         return loss, self.backward(dlogits, cache), logits
 
     # --- description ---------------------------------------------------------------

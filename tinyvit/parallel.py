@@ -22,6 +22,7 @@ step on small models) and gives bit-for-bit the same results.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import os
 import sys
@@ -30,6 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from ._checks import check_int, check_labels
+from .model import layers_name
 
 
 def _bounds(B: int, workers: int):
@@ -188,7 +190,7 @@ class ProcessSplitter:
         here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env["PYTHONPATH"] = os.pathsep.join([here] + [p for p in [env.get("PYTHONPATH")] if p])
         spec = {"path": path, "config": self.model.config.to_dict(), "capacity": capacity,
-                "helpers": helpers}
+                "helpers": helpers, "layers": layers_name(self.model.layers)}
         try:
             for h in range(helpers):
                 p = subprocess.Popen([sys.executable, "-m", "tinyvit.parallel",
@@ -241,7 +243,7 @@ class ProcessSplitter:
         if self.workers == 1 or B < 2 * self.workers:
             return self.model.loss_and_grads(images, labels, label_smoothing, last_block_cls_only)
         # the checks loss_and_grads makes, before any part is copied (and so converted)
-        self.model._check_images(images)
+        self.model.check_images(images)
         check_labels("labels", labels, self.model.config.num_classes, batch=B)
         parts = _bounds(B, self.workers)
         largest = max(b - a for a, b in parts[1:])
@@ -316,7 +318,7 @@ def _helper(spec: dict) -> int:
     import signal
 
     from ._env import peak_rss_bytes
-    from .model import ViT, ViTConfig
+    from .model import LAYER_SETS, ViT, ViTConfig
     signal.signal(signal.SIGINT, signal.SIG_IGN)         # Ctrl-C is the parent's to handle
     proto = os.fdopen(os.dup(1), "w", buffering=1)       # replies; anything printed goes to stderr
     os.dup2(2, 1)
@@ -325,7 +327,9 @@ def _helper(spec: dict) -> int:
         buf = mmap.mmap(f.fileno(), 0)
     v = _views(buf, _layout(cfg, spec["capacity"], spec["helpers"])[0])
     h = spec["helper"]
-    model = ViT(cfg, params={n: a for (o, n), a in v.items() if o == "params"})
+    layers = spec.get("layers", "reference")               # the parent's layer set, by name
+    layers = layers if layers in LAYER_SETS else importlib.import_module(layers)
+    model = ViT(cfg, params={n: a for (o, n), a in v.items() if o == "params"}, layers=layers)
     proto.write(json.dumps({"ready": True}) + "\n")
     for line in sys.stdin:
         cmd = json.loads(line)

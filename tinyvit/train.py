@@ -316,7 +316,7 @@ def _new_history() -> dict:
 
 def train(model: ViT, train_ds: ImageDataset, val_ds: ImageDataset | None = None,
           config: TrainConfig | None = None, *, out_dir=None, resume_from=None, progress: bool = True,
-          stream=None, meta: dict | None = None, **overrides) -> dict:
+          stream=None, meta: dict | None = None, layers="fast", **overrides) -> dict:
     """Train ``model`` in place on ``train_ds``; evaluate on ``val_ds`` after every epoch.
 
     config      a TrainConfig; keyword overrides (epochs=..., lr=...) replace its fields
@@ -328,6 +328,9 @@ def train(model: ViT, train_ds: ImageDataset, val_ds: ImageDataset | None = None
     progress    print progress (an in-place line on a terminal, plain lines otherwise)
     stream      where progress goes (default sys.stdout)
     meta        extra JSON-able facts for the checkpoint (class names, dataset, ...)
+    layers      the layer set the steps run: "fast" (the default: tinyvit.fast_layers, the
+                same numbers as the reference, faster), "reference", or "model" (the
+                model's own, e.g. a student's layers); the parameters are the model's either way
 
     Returns the history dict:
       steps    {"step", "epoch", "loss", "lr", "grad_norm"}: one entry per optimizer step
@@ -426,7 +429,8 @@ def train(model: ViT, train_ds: ImageDataset, val_ds: ImageDataset | None = None
     wall_before = history["epochs"][-1]["wall_time"] if history["epochs"] else 0.0
     steps_this_run, train_time = 0, 0.0
     run = history["running"]
-    splitter = ProcessSplitter(model, cfg.workers)          # workers=1: model.loss_and_grads itself
+    runner = model if layers == "model" else model.using(layers)   # shares model.params
+    splitter = ProcessSplitter(runner, cfg.workers)         # workers=1: runner.loss_and_grads itself
     try:
         while epoch < cfg.epochs and step < stop_at:
             epoch_t0 = time.perf_counter()
@@ -492,7 +496,7 @@ def train(model: ViT, train_ds: ImageDataset, val_ds: ImageDataset | None = None
                    "images_per_s": epoch_images / epoch_train_time if epoch_train_time > 0 else 0.0,
                    "epoch_time": time.perf_counter() - epoch_t0}
             if val_ds is not None and len(val_ds):
-                ev = evaluate(model, val_ds, max(cfg.batch_size, 256), cfg.normalize)
+                ev = evaluate(runner, val_ds, max(cfg.batch_size, 256), cfg.normalize)
                 row["val_loss"], row["val_acc"] = ev["loss"], ev["accuracy"]
             row["epoch_time"] = time.perf_counter() - epoch_t0
             row["wall_time"] = wall_before + (time.perf_counter() - wall0)

@@ -11,11 +11,16 @@ from __future__ import annotations
 import numpy as np
 
 
+def log_softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """log(softmax(x)) along ``axis``, computed without overflow: x - max - log(sum(exp(x - max)))."""
+    shifted = x - x.max(axis=axis, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
+
+
 def softmax_cross_entropy(logits: np.ndarray, labels: np.ndarray, label_smoothing: float = 0.0):
     """logits (B, K), labels (B,) integers in [0, K) -> (loss (float), dlogits (B, K))."""
     B, K = logits.shape
-    shifted = logits - logits.max(axis=1, keepdims=True)            # (B, K), max 0 per row
-    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    log_probs = log_softmax(logits, axis=1)                         # (B, K)
     target = np.full((B, K), label_smoothing / K, dtype=logits.dtype)
     target[np.arange(B), labels] += 1.0 - label_smoothing
     loss = float(-(target * log_probs).sum() / B)
