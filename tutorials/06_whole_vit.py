@@ -126,20 +126,24 @@ print("non-zero rows of the gradient at the final tokens:", np.flatnonzero(np.ab
 # Only row 0 reaches the head, so in the **last** block the outputs of the
 # other T - 1 tokens are computed for nothing. The last block still needs every
 # token's key and value (the CLS token attends to them all), but only the CLS
-# token's query, attention row, residuals and MLP. `forward(...,
-# last_block_cls_only=True)` runs it that way: the last attention matrix is
-# (B, h, 1, T), the logits and every gradient are unchanged, and the block
-# costs about a third of the full one. `loss_and_grads` always trains this
-# way when `pool="cls"`.
+# token's query, attention row, residuals and MLP. That is a speed trick, so it
+# lives in the fast layers (`tinyvit.fast_layers`), not in the reference ones
+# this tutorial reads: `model.using("fast")` is the same model (the same
+# parameter arrays) running the fast set, and its `forward(...,
+# last_block_cls_only=True)` computes the last block for the CLS token alone.
+# The last attention matrix is then (B, h, 1, T), and the logits and every
+# gradient are unchanged. Training (`tinyvit train`, `tinyvit.train.train`)
+# runs the fast set, and with `pool="cls"` it trains this way.
 
 # %%
-full_logits, full_cache = model.forward(images)
-cls_logits, cls_cache = model.forward(images, last_block_cls_only=True)
+full_logits, full_cache = model.forward(images)                     # reference layers, every token
+fast = model.using("fast")
+cls_logits, cls_cache = fast.forward(images, last_block_cls_only=True)
 show("last block's attention, full", full_cache["attn"][-1])
 show("last block's attention, CLS only", cls_cache["attn"][-1])
 print("same logits:", np.allclose(full_logits, cls_logits, rtol=1e-12, atol=1e-12))
 g_full = model.backward(dlogits, full_cache)
-g_cls = model.backward(dlogits, cls_cache)
+g_cls = fast.backward(dlogits, cls_cache)
 print("largest gradient difference:", max(np.abs(g_full[k] - g_cls[k]).max() for k in g_full))
 
 # %% [markdown]
