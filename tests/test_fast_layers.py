@@ -2,7 +2,7 @@
 
 tinyvit.fast_layers has the speed tricks; tinyvit.layers the textbook forms. Every fast
 function must return the reference's numbers: in float64 to 1e-12 (outputs and every
-gradient), on several shapes (h != d, non-square images, queries=n); its float32 paths
+gradient), on several shapes (h != d, non-square images, n_queries=n); its float32 paths
 close to the float64 formulas; and a model trained 20 steps with either set must end with
 the same parameters. (Both sets' gradient checks are in test_layers.py.)
 """
@@ -112,20 +112,20 @@ def test_block(rng, B, T, D, heads, gelu):
 @pytest.mark.parametrize("B, T, D, heads", ATTENTION_SHAPES)
 @pytest.mark.parametrize("n", [1, 2])
 def test_queries_are_the_first_rows_of_the_reference(rng, B, T, D, heads, n):
-    """queries=n (fast only): the first n output rows of the reference block, and the input
+    """n_queries=n (fast only): the first n output rows of the reference block, and the input
     gradient of the reference block when dout is zero outside those rows."""
     p = block_params(rng, D, 2 * D)
     x = randn(rng, B, T, D)
     ref_out, ref_cache = L.block_forward(x.copy(), p, heads)
-    part, part_cache = F.block_forward(x, p, heads, queries=n)
-    same(part, ref_out[:, :n], "block_forward(queries=n)")
+    part, part_cache = F.block_forward(x, p, heads, n_queries=n)
+    same(part, ref_out[:, :n], "block_forward(n_queries=n)")
     dout = np.zeros_like(ref_out)
     dout[:, :n] = randn(rng, B, n, D)
     ref_dx, ref_g = L.block_backward(dout, ref_cache)
     dx, g = F.block_backward(dout[:, :n].copy(), part_cache)
-    same(dx, ref_dx, "block_backward(queries=n) dx")
+    same(dx, ref_dx, "block_backward(n_queries=n) dx")
     for k in ref_g:
-        same(g[k], ref_g[k], f"block_backward(queries=n) {k}")
+        same(g[k], ref_g[k], f"block_backward(n_queries=n) {k}")
 
 
 @pytest.mark.parametrize("pool, gelu, image_size, pos", [("cls", "exact", 8, "learned"),

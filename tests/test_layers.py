@@ -60,26 +60,26 @@ def test_softmax_grad(S, rng):
     assert_grads_ok(check_layer(S.softmax_forward, S.softmax_backward, {"x": randn(rng, 2, 3, 5)}))
 
 
-@pytest.mark.parametrize("heads, queries", [(1, None), (2, None), (3, None), (2, 1), (3, 3)])
-def test_attention_grad(S, rng, heads, queries):
-    if queries is not None and S is L:
-        pytest.skip("queries=n is the fast set's (the reference computes every token)")
+@pytest.mark.parametrize("heads, n_queries", [(1, None), (2, None), (3, None), (2, 1), (3, 3)])
+def test_attention_grad(S, rng, heads, n_queries):
+    if n_queries is not None and S is L:
+        pytest.skip("n_queries=n is the fast set's (the reference computes every token)")
     D = 6
     inputs = {"x": randn(rng, 2, 5, D), "Wqkv": randn(rng, D, 3 * D, scale=0.5),
               "bqkv": randn(rng, 3 * D), "Wproj": randn(rng, D, D), "bproj": randn(rng, D)}
     assert_grads_ok(check_layer(S.attention_forward, S.attention_backward, inputs,
-                                kwargs={"heads": heads} if queries is None else {"heads": heads, "queries": queries}))
+                                kwargs={"heads": heads} if n_queries is None else {"heads": heads, "n_queries": n_queries}))
 
 
 def test_attention_with_queries_is_the_first_rows_of_the_full_output(rng):
-    """queries=n gives exactly the first n rows of the full attention, and its A is
+    """n_queries=n gives exactly the first n rows of the full attention, and its A is
     the first n rows of the full A: the other tokens only stop asking."""
     D, T = 6, 5
     args = (randn(rng, 2, T, D), randn(rng, D, 3 * D, scale=0.5), randn(rng, 3 * D),
             randn(rng, D, D), randn(rng, D))
     full, c_full = L.attention_forward(*args, heads=3)
     for n in (1, 2):
-        part, c_part = F.attention_forward(*args, heads=3, queries=n)
+        part, c_part = F.attention_forward(*args, heads=3, n_queries=n)
         assert part.shape == (2, n, D) and c_part["attn"].shape == (2, 3, n, T)
         np.testing.assert_allclose(part, full[:, :n], rtol=1e-13, atol=1e-14)
         np.testing.assert_allclose(c_part["attn"], c_full["attn"][:, :, :n], rtol=1e-13, atol=1e-15)
@@ -107,15 +107,15 @@ def block_params(rng, D, M):
             "mlp.fc2.W": randn(rng, M, D, scale=0.5), "mlp.fc2.b": randn(rng, D, scale=0.3)}
 
 
-def block_errors(S, rng, gelu="exact", queries=None):
+def block_errors(S, rng, gelu="exact", n_queries=None):
     """Relative error of the block's input gradient and of each parameter gradient."""
     p = block_params(rng, 6, 10)
     x = randn(rng, 2, 4, 6)
 
     def fwd(x, **params):
-        if queries is None:
+        if n_queries is None:
             return S.block_forward(x, params, heads=2, gelu=gelu)
-        return S.block_forward(x, params, heads=2, gelu=gelu, queries=queries)
+        return S.block_forward(x, params, heads=2, gelu=gelu, n_queries=n_queries)
 
     def bwd(dout, cache):
         dx, g = S.block_backward(dout, cache)
@@ -124,11 +124,11 @@ def block_errors(S, rng, gelu="exact", queries=None):
     return check_layer(fwd, bwd, {"x": x, **p})
 
 
-@pytest.mark.parametrize("gelu, queries", [("exact", None), ("tanh", None), ("exact", 1)])
-def test_block_grad(S, rng, gelu, queries):
-    if queries is not None and S is L:
-        pytest.skip("queries=n is the fast set's (the reference computes every token)")
-    assert_grads_ok(block_errors(S, rng, gelu, queries))
+@pytest.mark.parametrize("gelu, n_queries", [("exact", None), ("tanh", None), ("exact", 1)])
+def test_block_grad(S, rng, gelu, n_queries):
+    if n_queries is not None and S is L:
+        pytest.skip("n_queries=n is the fast set's (the reference computes every token)")
+    assert_grads_ok(block_errors(S, rng, gelu, n_queries))
 
 
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])

@@ -264,11 +264,11 @@ class TorchRunner:
         self.images = torch.from_numpy(images)
         self.labels = torch.from_numpy(labels)
         self.base_rss = peak_rss_bytes()
-        self.model = _torch_vit(torch, bc, gelu)
-        decay = [p for n, p in self.model.named_parameters()
-                 if p.ndim >= 2 and n not in ("cls_token", "pos_embed")]
-        rest = [p for n, p in self.model.named_parameters()
-                if not (p.ndim >= 2 and n not in ("cls_token", "pos_embed"))]
+        from .torch_reference import TorchViT
+        self.model = TorchViT(bc.vit_config(gelu))       # tinyvit's initial parameters
+        named = self.model.named_tinyvit_parameters()
+        decay = [p for n, p in named if p.ndim >= 2 and n not in ("cls_token", "pos_embed")]
+        rest = [p for n, p in named if not (p.ndim >= 2 and n not in ("cls_token", "pos_embed"))]
         self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05},
                                       {"params": rest, "weight_decay": 0.0}],
                                      lr=1e-3, betas=(0.9, 0.999), eps=1e-8)
@@ -284,54 +284,6 @@ class TorchRunner:
         loss.backward()
         self.opt.step()
         return time.perf_counter() - t0
-
-
-def _torch_vit(torch, bc: BenchConfig, gelu: str):
-    nn = torch.nn
-    H, P, C, D = bc.image_size, bc.patch_size, bc.in_channels, bc.dim
-    h, d, g = bc.heads, bc.dim // bc.heads, H // bc.patch_size
-    N = g * g
-
-    class Block(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.norm1 = nn.LayerNorm(D, eps=1e-6)
-            self.qkv = nn.Linear(D, 3 * D)
-            self.proj = nn.Linear(D, D)
-            self.norm2 = nn.LayerNorm(D, eps=1e-6)
-            self.fc1 = nn.Linear(D, bc.mlp_dim)
-            self.act = nn.GELU(approximate="none" if gelu == "exact" else "tanh")
-            self.fc2 = nn.Linear(bc.mlp_dim, D)
-
-        def forward(self, x):                            # (B, T, D)
-            B, T, _ = x.shape
-            qkv = self.qkv(self.norm1(x)).reshape(B, T, 3, h, d).permute(2, 0, 3, 1, 4)
-            q, k, v = qkv.unbind(0)                      # (B, h, T, d) each
-            attn = ((q @ k.transpose(-2, -1)) * d ** -0.5).softmax(dim=-1)
-            o = (attn @ v).transpose(1, 2).reshape(B, T, D)
-            x = x + self.proj(o)
-            return x + self.fc2(self.act(self.fc1(self.norm2(x))))
-
-    class ViT(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.patch_embed = nn.Linear(P * P * C, D)
-            self.cls_token = nn.Parameter(torch.randn(1, 1, D) * 1e-6)
-            self.pos_embed = nn.Parameter(torch.randn(1, N + 1, D) * 0.02)
-            self.blocks = nn.ModuleList(Block() for _ in range(bc.depth))
-            self.norm = nn.LayerNorm(D, eps=1e-6)
-            self.head = nn.Linear(D, bc.num_classes)
-
-        def forward(self, images):                       # (B, H, W, C) channels-last
-            B = images.shape[0]
-            x = images.reshape(B, g, P, g, P, C).permute(0, 1, 3, 2, 4, 5).reshape(B, N, P * P * C)
-            x = self.patch_embed(x)
-            x = torch.cat([self.cls_token.expand(B, -1, -1), x], dim=1) + self.pos_embed
-            for blk in self.blocks:
-                x = blk(x)
-            return self.head(self.norm(x)[:, 0])
-
-    return ViT()
 
 
 def measure_matmul_peak(n: int = 2048, repeats: int = 5, seconds: float = 1.0) -> float:
@@ -517,8 +469,9 @@ def run_bench(configs, threads=2, steps=20, warmup=3, use_torch=None, gelus=("ex
     if use_torch is None:
         use_torch = torch_available()
     env = worker_env(threads, malloc_tuning)
-    numpy_env = worker_env(1, malloc_tuning) if split else env
     n_split = threads if split else 1
+    run = _Run(threads, steps, warmup, gap, block, n_split, full_last_block, split_with, profile,
+               env, worker_env(1, malloc_tuning) if split else env)
     result = {"machine": machine_info(threads), "steps": steps, "warmup": warmup,
               "malloc_tuning": malloc_tuning, "tinyvit_split": n_split,
               "tinyvit_split_with": split_with,
@@ -531,62 +484,9 @@ def run_bench(configs, threads=2, steps=20, warmup=3, use_torch=None, gelus=("ex
     result["machine"]["blas"] = p["blas"]                # as the workers see it
     log(f"{_machine_line(result)}\nmatmul peak before the runs: {p['gflops']:.0f} GFLOP/s")
     for name in configs:
-        bc = CONFIGS[name]
-        flops = {"torch": matmul_flops(bc, bc.batch), "reference": matmul_flops(bc, bc.batch),
-                 "numpy": matmul_flops(bc, bc.batch, last_block_cls_only=not full_last_block)}
         runs = ([("numpy", g) for g in gelus] + ([("reference", gelus[0])] if reference else [])
                 + ([("torch", gelus[0])] if use_torch else []))
-        workers = {}
-        try:
-            for fw, g in runs:
-                spec = {"framework": fw, "gelu": g, "threads": threads, "name": name,
-                        "config": bc.__dict__, "split": n_split, "full_last_block": full_last_block,
-                        "split_with": split_with}
-                workers[(fw, g)] = w = _Worker(spec, numpy_env if fw == "numpy" else env)
-                w.ask()                                  # ready
-            for key, w in workers.items():               # warm-up, then the memory reading
-                for _ in range(max(warmup, 1)):
-                    w.ask(cmd="step")
-            mem = {key: w.ask(cmd="mem")["peak_bytes"] for key, w in workers.items()}
-            times = {key: [] for key in workers}
-            done = 0
-            while done < steps:                          # alternate: `block` steps each, in turn
-                n = min(block, steps - done)
-                for key, w in workers.items():
-                    times[key] += [w.ask(cmd="step")["t"] for _ in range(n)]
-                    if gap:
-                        time.sleep(gap)
-                done += n
-            entry = {"config": bc.__dict__, "description": bc.describe(),
-                     "matmul_gflop_per_step": flops["torch"]["step"] / 1e9,
-                     "tinyvit_matmul_gflop_per_step": flops["numpy"]["step"] / 1e9, "results": {}}
-            for (fw, g), ts in times.items():
-                med = statistics.median(ts)
-                entry["results"][f"{fw}/{g}"] = {
-                    "framework": fw, "gelu": g, "step_ms": med * 1e3,
-                    "step_ms_min": min(ts) * 1e3, "step_ms_all": [t * 1e3 for t in ts],
-                    "images_per_s": bc.batch / med,
-                    "peak_mem_mb": mem[(fw, g)] / 2 ** 20,
-                    "achieved_gflops": flops[fw]["step"] / med / 1e9,
-                    "model_gflops": flops["torch"]["step"] / med / 1e9}
-            if profile:
-                w = workers[("numpy", gelus[0])]
-                entry["profile"] = w.ask(cmd="profile", steps=max(3, steps // 2))
-                entry["profile"]["note"] = PROFILE_NOTE
-            t = {fw: entry["results"][f"{fw}/{gelus[0]}"]["step_ms"] for fw, g in runs if g == gelus[0]}
-            if use_torch:
-                entry["ratio_numpy_over_torch"] = t["numpy"] / t["torch"]
-                if reference:
-                    entry["ratio_reference_over_torch"] = t["reference"] / t["torch"]
-            if reference:
-                entry["ratio_reference_over_numpy"] = t["reference"] / t["numpy"]
-            if len(gelus) > 1:
-                entry["ratio_exact_over_tanh"] = (entry["results"]["numpy/exact"]["step_ms"] /
-                                                  entry["results"]["numpy/tanh"]["step_ms"])
-        finally:
-            for w in workers.values():
-                w.close()
-        result["configs"][name] = entry
+        entry = result["configs"][name] = _bench_config(name, CONFIGS[name], runs, run)
         summary = ", ".join(f"{k} {r['step_ms']:.1f} ms" for k, r in entry["results"].items())
         log(f"config {name} done: {summary}")
     result["peak_gflops_runs"].append(_measure_peak(env)["gflops"])
@@ -601,6 +501,91 @@ def run_bench(configs, threads=2, steps=20, warmup=3, use_torch=None, gelus=("ex
     for name, entry in result["configs"].items():
         log(format_entry(name, entry))
     return result
+
+
+@dataclass
+class _Run:
+    """The settings every config of one benchmark run shares (see run_bench)."""
+    threads: int
+    steps: int
+    warmup: int
+    gap: float
+    block: int
+    split: int
+    full_last_block: bool
+    split_with: str
+    profile: bool
+    env: dict                                            # PyTorch's workers
+    numpy_env: dict                                      # tinyvit's (one BLAS thread when split)
+
+
+def _bench_config(name: str, bc: BenchConfig, runs: list, run: _Run) -> dict:
+    """Times each (framework, gelu) of ``runs`` on one config, in turns; returns its entry."""
+    flops = {"torch": matmul_flops(bc, bc.batch), "reference": matmul_flops(bc, bc.batch),
+             "numpy": matmul_flops(bc, bc.batch, last_block_cls_only=not run.full_last_block)}
+    workers = {}
+    try:
+        for fw, g in runs:
+            spec = {"framework": fw, "gelu": g, "threads": run.threads, "name": name,
+                    "config": bc.__dict__, "split": run.split, "split_with": run.split_with,
+                    "full_last_block": run.full_last_block}
+            workers[(fw, g)] = w = _Worker(spec, run.env if fw == "torch" else run.numpy_env)
+            w.ask()                                      # ready
+        times, mem = _time_in_turns(workers, run)
+        entry = {"config": bc.__dict__, "description": bc.describe(),
+                 "matmul_gflop_per_step": flops["torch"]["step"] / 1e9,
+                 "tinyvit_matmul_gflop_per_step": flops["numpy"]["step"] / 1e9, "results": {}}
+        for (fw, g), ts in times.items():
+            med = statistics.median(ts)
+            entry["results"][f"{fw}/{g}"] = {
+                "framework": fw, "gelu": g, "step_ms": med * 1e3,
+                "step_ms_min": min(ts) * 1e3, "step_ms_all": [t * 1e3 for t in ts],
+                "images_per_s": bc.batch / med, "peak_mem_mb": mem[(fw, g)] / 2 ** 20,
+                "achieved_gflops": flops[fw]["step"] / med / 1e9,
+                "model_gflops": flops["torch"]["step"] / med / 1e9}
+        if run.profile:
+            w = workers[runs[0]]
+            entry["profile"] = w.ask(cmd="profile", steps=max(3, run.steps // 2))
+            entry["profile"]["note"] = PROFILE_NOTE
+    finally:
+        for w in workers.values():
+            w.close()
+    entry.update(_ratios(entry["results"], runs[0][1]))
+    return entry
+
+
+def _time_in_turns(workers: dict, run: _Run):
+    """Warm-up, the memory reading, then ``run.steps`` timed steps per worker, taken in turns
+    of ``run.block`` consecutive steps. Returns ({key: [seconds]}, {key: peak bytes})."""
+    for w in workers.values():
+        for _ in range(max(run.warmup, 1)):
+            w.ask(cmd="step")
+    mem = {key: w.ask(cmd="mem")["peak_bytes"] for key, w in workers.items()}
+    times = {key: [] for key in workers}
+    done = 0
+    while done < run.steps:
+        n = min(run.block, run.steps - done)
+        for key, w in workers.items():
+            times[key] += [w.ask(cmd="step")["t"] for _ in range(n)]
+            if run.gap:
+                time.sleep(run.gap)
+        done += n
+    return times, mem
+
+
+def _ratios(results: dict, gelu: str) -> dict:
+    """Step-time ratios between the runs present (with the first GELU)."""
+    t = {r["framework"]: r["step_ms"] for r in results.values() if r["gelu"] == gelu}
+    out = {}
+    for a, b, key in (("numpy", "torch", "ratio_numpy_over_torch"),
+                      ("reference", "torch", "ratio_reference_over_torch"),
+                      ("reference", "numpy", "ratio_reference_over_numpy")):
+        if a in t and b in t:
+            out[key] = t[a] / t[b]
+    if "numpy/exact" in results and "numpy/tanh" in results:
+        out["ratio_exact_over_tanh"] = (results["numpy/exact"]["step_ms"] /
+                                        results["numpy/tanh"]["step_ms"])
+    return out
 
 
 def _measure_peak(env) -> dict:
@@ -633,10 +618,10 @@ def format_entry(name: str, entry: dict) -> str:
              + (f" (tinyvit runs {ours:.2f}: its last block computes the CLS token alone; "
                 f"MFU counts the model's FLOPs, GFLOP/s and HFU what each runs)"
                 if ours != entry["matmul_gflop_per_step"] else ""),
-             f"  {'run':<14}{'step ms':>9}{'(min)':>8}{'img/s':>9}{'GFLOP/s':>9}{'MFU':>7}"
+             f"  {'run':<16}{'step ms':>9}{'(min)':>8}{'img/s':>9}{'GFLOP/s':>9}{'MFU':>7}"
              f"{'HFU':>7}{'peak MB':>9}"]
     for key, r in entry["results"].items():
-        lines.append(f"  {key:<14}{r['step_ms']:>9.1f}{r['step_ms_min']:>8.1f}"
+        lines.append(f"  {key:<16}{r['step_ms']:>9.1f}{r['step_ms_min']:>8.1f}"
                      f"{r['images_per_s']:>9.0f}{r['achieved_gflops']:>9.1f}"
                      f"{100 * r['mfu']:>6.1f}%{100 * r['hfu']:>6.1f}%{r['peak_mem_mb']:>9.1f}")
     if "ratio_numpy_over_torch" in entry:

@@ -15,7 +15,7 @@ every gradient). What they do differently:
 - a float32 GELU from one rational formula (Abramowitz & Stegun 7.1.26) instead
   of the float64-accurate erf, in cache-sized blocks, keeping phi(x) for the
   backward;
-- queries=n in attention_forward and block_forward: only the first n tokens ask
+- n_queries=n in attention_forward and block_forward: only the first n tokens ask
   (the model's CLS-only last block, ViT.forward(last_block_cls_only=True)).
 
 Caches are this module's own: pair a forward from here with a backward from here.
@@ -32,7 +32,7 @@ from .layers import (BLOCK_PARAMS, EPS, block_param_shapes, cls_backward, cls_fo
                      split_heads, unpatchify)
 from .special import erf
 
-SUPPORTS_QUERIES = True      # attention_forward and block_forward take queries=n
+SUPPORTS_QUERIES = True      # attention_forward and block_forward take n_queries=n
 
 
 # --- linear ---------------------------------------------------------------------------------
@@ -192,21 +192,21 @@ def softmax_backward(dA: np.ndarray, cache) -> np.ndarray:
     return dS
 
 
-def attention_forward(x, Wqkv, bqkv, Wproj, bproj, heads: int, queries: int | None = None):
+def attention_forward(x, Wqkv, bqkv, Wproj, bproj, heads: int, n_queries: int | None = None):
     """x (B, T, D) -> out (B, n, D), cache; cache["attn"] is A (B, h, n, T).
 
-    n = T, or the first ``queries`` tokens only (they alone ask; all T answer).
+    n = T, or the first ``n_queries`` tokens only (they alone ask; all T answer).
 
     Equals tinyvit.layers.softmax_backward.
 
-    Equals tinyvit.layers.attention_forward (which has no queries: it is queries=None here).
+    Equals tinyvit.layers.attention_forward (which has no n_queries: it is n_queries=None here).
     """
     B, T, D = x.shape
     d = D // heads
     qkv, qkv_cache = linear_forward(x, Wqkv, bqkv)       # (B, T, 3D)
     q, k, v = split_heads(qkv, heads)                    # 3 x (B, h, T, d)
-    if queries is not None:
-        q = q[:, :, :queries]                            # (B, h, n, d): the first n tokens ask
+    if n_queries is not None:
+        q = q[:, :, :n_queries]                          # (B, h, n, d): the first n tokens ask
     n = q.shape[2]
     scale = float(d) ** -0.5                             # a Python float: keeps float32 float32
     # k^T copied to contiguous (B, h, d, T) first: BLAS runs the many small
@@ -227,12 +227,12 @@ def attention_forward(x, Wqkv, bqkv, Wproj, bproj, heads: int, queries: int | No
 def attention_backward(dout, cache):
     """dout (B, n, D) -> dx (B, T, D), dWqkv (D, 3D), dbqkv (3D,), dWproj (D, D), dbproj (D,).
 
-    n = T, or the ``queries`` given to attention_forward.
+    n = T, or the ``n_queries`` given to attention_forward.
 
     Equals tinyvit.layers.attention_backward.
     """
     A, q, k, v, scale = cache["attn"], cache["q"], cache["k"], cache["v"], cache["scale"]
-    B, h, n, T = A.shape                                 # n query rows (n = T unless queries=n)
+    B, h, n, T = A.shape                                 # n query rows (n = T unless n_queries=n)
     d = q.shape[-1]
     # out = merge_heads(o) @ Wproj + bproj
     dmerged, dWproj, dbproj = linear_backward(dout, cache["proj_cache"])    # (B, n, D)
@@ -401,17 +401,17 @@ def mlp_backward(dout, cache):
     return dx, dW1, db1, dW2, db2
 
 
-def block_forward(x, p: dict, heads: int, gelu: str = "exact", queries: int | None = None):
+def block_forward(x, p: dict, heads: int, gelu: str = "exact", n_queries: int | None = None):
     """x (B, T, D), p the block's parameters by prefix-free name -> (out (B, n, D), cache).
 
-    n = T, or the first ``queries`` tokens only.
+    n = T, or the first ``n_queries`` tokens only.
 
-    Equals tinyvit.layers.block_forward (which has no queries: it is queries=None here).
+    Equals tinyvit.layers.block_forward (which has no n_queries: it is n_queries=None here).
     """
     n1, c_n1 = layernorm_forward(x, p["norm1.gamma"], p["norm1.beta"])
     a, c_attn = attention_forward(n1, p["attn.qkv.W"], p["attn.qkv.b"],
-                                  p["attn.proj.W"], p["attn.proj.b"], heads, queries)   # (B, n, D)
-    x = x[:, :a.shape[1]] + a                            # residual 1 (all T rows unless queries=n)
+                                  p["attn.proj.W"], p["attn.proj.b"], heads, n_queries)   # (B, n, D)
+    x = x[:, :a.shape[1]] + a                            # residual 1 (all T rows unless n_queries=n)
     n2, c_n2 = layernorm_forward(x, p["norm2.gamma"], p["norm2.beta"])
     m, c_mlp = mlp_forward(n2, p["mlp.fc1.W"], p["mlp.fc1.b"],
                            p["mlp.fc2.W"], p["mlp.fc2.b"], gelu)

@@ -285,7 +285,7 @@ class ViT:
         """images (B, H, W, C) -> (logits (B, K), cache). cache["attn"][i] is block i's
         attention probabilities (B, h, T, T); row 0 is what the CLS token attends to.
 
-        last_block_cls_only (pool="cls" and a layer set with queries=n, such as "fast"):
+        last_block_cls_only (pool="cls" and a layer set with n_queries=n, such as "fast"):
         with CLS pooling the head reads nothing but the CLS token's final state, so the
         last block need only compute that one token: its query, its attention row, its
         residuals and MLP (every token still offers its key and value). The logits and
@@ -302,7 +302,7 @@ class ViT:
                              f"reads every patch token), got pool={cfg.pool!r}")
         if last_block_cls_only and not getattr(L, "SUPPORTS_QUERIES", False):
             raise ValueError(f"last_block_cls_only: needs a layer set whose block_forward takes "
-                             f"queries=n (layers='fast'), got layers={layers_name(L)!r}")
+                             f"n_queries=n (layers='fast'), got layers={layers_name(L)!r}")
         cache = {}
         x, cache["patchify"] = L.patchify_forward(images, cfg.patch_size)        # (B, N, P*P*C)
         x, cache["embed"] = L.linear_forward(x, p["patch_embed.W"], p["patch_embed.b"])  # (B, N, D)
@@ -313,7 +313,7 @@ class ViT:
         for i in range(cfg.depth):
             if last_block_cls_only and i == cfg.depth - 1:
                 x, c = L.block_forward(x, self.block_params(i), cfg.heads, cfg.gelu,
-                                       queries=1)                                # (B, 1, D)
+                                       n_queries=1)                                # (B, 1, D)
             else:
                 x, c = L.block_forward(x, self.block_params(i), cfg.heads, cfg.gelu)  # (B, T, D)
             cache["blocks"].append(c)

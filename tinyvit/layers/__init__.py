@@ -19,7 +19,7 @@ from .mlp import erf, gelu_backward, gelu_forward, mlp_backward, mlp_forward
 from .patches import patchify, patchify_backward, patchify_forward, unpatchify
 from .tokens import cls_backward, cls_forward, pos_backward, pos_forward, sincos_pos_embed
 
-SUPPORTS_QUERIES = False     # attention_forward and block_forward compute every token
+SUPPORTS_QUERIES = False     # no n_queries=: attention_forward and block_forward compute every token
 
 __all__ = ["attention_backward", "attention_forward", "merge_heads", "softmax", "softmax_backward",
            "softmax_forward", "split_heads", "BLOCK_PARAMS", "block_backward", "block_forward",
