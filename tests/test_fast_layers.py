@@ -243,3 +243,10 @@ def test_sums_through_blas_equal_numpy_sums(rng):
     x2 = rng.standard_normal((9, 3))
     np.testing.assert_allclose(F._column_sums(x2), x2.sum(0), rtol=1e-13)
     assert F._sum_last(x.astype(np.float32)).dtype == np.float32
+
+
+@pytest.mark.parametrize("B, T, D, heads", ATTENTION_SHAPES[:3])
+def test_layerscale_block(rng, B, T, D, heads):
+    p = block_params(rng, D, 2 * D + 1)
+    p["ls1.gamma"], p["ls2.gamma"] = randn(rng, D), randn(rng, D)
+    compare_pair("layerscale_block", (randn(rng, B, T, D), p, heads), {"gelu": "exact"}, rng, 2)

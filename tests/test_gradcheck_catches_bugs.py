@@ -140,6 +140,7 @@ def test_the_model_runs_every_reference_function(monkeypatch, name):
 
     replace_everywhere(monkeypatch, name, raises)
     cfg = ViTConfig(image_size=8, in_channels=1, patch_size=4, dim=8, depth=1, heads=2, mlp_dim=8,
-                    num_classes=3, pos_embed="sincos" if name == "sincos_pos_embed" else "learned")
+                    num_classes=3, pos_embed="sincos" if name == "sincos_pos_embed" else "learned",
+                    layer_scale=0.1 if name.startswith("layerscale_block") else None)
     with pytest.raises(Planted):
         ViT(cfg).loss_and_grads(np.zeros((2, 8, 8, 1), np.float32), np.array([0, 1]))

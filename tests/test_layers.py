@@ -267,3 +267,34 @@ def test_cross_entropy_known_value():
     loss_s, _ = L.softmax_cross_entropy(logits, np.array([0, 1]), 0.3)
     target = 0.7 * np.eye(3)[[0, 1]] + 0.1
     assert loss_s == pytest.approx(-(target * logits).sum() / 2)
+
+
+@pytest.mark.parametrize("gelu", ["exact", "tanh"])
+def test_layerscale_block_grad(S, rng, gelu):
+    D, M = 6, 10
+    p = block_params(rng, D, M)
+    p["ls1.gamma"], p["ls2.gamma"] = randn(rng, D), randn(rng, D)
+
+    def fwd(x, **params):
+        return S.layerscale_block_forward(x, params, heads=3, gelu=gelu)
+
+    def bwd(dout, cache):
+        dx, g = S.layerscale_block_backward(dout, cache)
+        return (dx, *[g[k] for k in p])
+
+    assert_grads_ok(check_layer(fwd, bwd, {"x": randn(rng, 2, 4, D), **p}))
+
+
+def test_layerscale_of_ones_is_the_plain_block(rng):
+    D = 6
+    p = block_params(rng, D, 10)
+    x, dout = randn(rng, 2, 4, D), randn(rng, 2, 4, D)
+    out, cache = L.block_forward(x, p, heads=2)
+    ls_out, ls_cache = L.layerscale_block_forward(x, {**p, "ls1.gamma": np.ones(D),
+                                                      "ls2.gamma": np.ones(D)}, heads=2)
+    np.testing.assert_allclose(ls_out, out, rtol=1e-14)
+    dx, g = L.block_backward(dout, cache)
+    ls_dx, ls_g = L.layerscale_block_backward(dout, ls_cache)
+    np.testing.assert_allclose(ls_dx, dx, rtol=1e-13)
+    for k in g:
+        np.testing.assert_allclose(ls_g[k], g[k], rtol=1e-12, err_msg=k)

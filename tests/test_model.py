@@ -254,3 +254,79 @@ def test_bad_params_list_every_offender():
     msg = str(err.value)
     assert "missing: head.b" in msg and "unexpected: extra" in msg
     assert "norm.gamma: expected (8,), got (9,)" in msg
+
+
+# --- LayerScale ------------------------------------------------------------------------------
+def test_layer_scale_model_gradients_match_finite_differences():
+    model = perturbed_model(tiny_config(layer_scale=0.5, pool="mean"))
+    assert {"blocks.0.ls1.gamma", "blocks.1.ls2.gamma"} <= set(model.params)
+    images = np.random.default_rng(8).random((3, 8, 8, 2))
+    errors = check_model(model, images)
+    assert max(errors.values()) < TOL, "\n" + format_errors(errors, TOL)
+    fast = model.using("fast")
+    np.testing.assert_allclose(fast(images), model(images), rtol=1e-13)
+
+
+def test_layer_scale_config():
+    p = ViT(tiny_config(layer_scale=1e-5)).params
+    np.testing.assert_array_equal(p["blocks.1.ls1.gamma"], np.full(8, 1e-5))
+    assert list(p).index("blocks.0.ls1.gamma") == list(p).index("blocks.0.attn.proj.b") + 1
+    assert "blocks.0.ls1.gamma" not in ViT(tiny_config()).params
+    for bad in (True, "0.1", float("nan")):
+        with pytest.raises(ValueError, match="layer_scale: expected None or a finite number"):
+            tiny_config(layer_scale=bad)
+    with pytest.raises(ValueError, match="last_block_cls_only: not available with LayerScale"):
+        ViT(tiny_config(layer_scale=0.1), layers="fast").forward(np.zeros((1, 8, 8, 2)), True)
+
+
+# --- gradients of the attention probabilities -----------------------------------------------
+@pytest.mark.parametrize("layers", ["reference", "fast"])
+@pytest.mark.parametrize("kw", [dict(), dict(pool="mean", gelu="tanh"), dict(layer_scale=0.3)])
+def test_attention_grads_match_finite_differences(layers, kw):
+    """attention_grads gives dL/dA for L = sum(dlogits * logits): perturbing one entry of a
+    block's A (through a patched softmax) changes L by that much."""
+    from tinyvit.gradcheck import rel_error
+    model = perturbed_model(tiny_config(depth=3, **kw)).using(layers)
+    rng = np.random.default_rng(9)
+    images = rng.random((2, 8, 8, 2))
+    logits, cache = model.forward(images)
+    dlogits = rng.standard_normal(logits.shape)
+    dattn = model.attention_grads(dlogits, cache)
+    assert [d.shape for d in dattn] == [a.shape for a in cache["attn"]]
+    h = 1e-6
+    for block in range(3):
+        A_shape = cache["attn"][block].shape
+        idx = [tuple(rng.integers(0, n) for n in A_shape) for _ in range(6)]
+        num = []
+        for i in idx:
+            vals = []
+            for sign in (1, -1):
+                vals.append((dlogits * _logits_with_bumped_attention(model, images, block, i, sign * h)).sum())
+            num.append((vals[0] - vals[1]) / (2 * h))
+        ana = [dattn[block][i] for i in idx]
+        assert rel_error(np.array(ana), np.array(num)) < 1e-6, (block, ana, num)
+
+
+def _logits_with_bumped_attention(model, images, block, index, delta):
+    """The logits when block ``block``'s attention probabilities get ``delta`` added at
+    ``index`` right after the softmax (the rest of the forward unchanged)."""
+    import tinyvit.fast_layers as fast_mod
+    import tinyvit.layers.attention as ref_mod
+    mod = fast_mod if model.layers is fast_mod else ref_mod
+    real = mod.softmax_forward
+    calls = []
+
+    def bumped(x):
+        A, cache = real(x)
+        if len(calls) == block:
+            A = A.copy()
+            A[index] += delta
+            cache = A
+        calls.append(1)
+        return A, cache
+
+    mod.softmax_forward = bumped
+    try:
+        return model(images)
+    finally:
+        mod.softmax_forward = real

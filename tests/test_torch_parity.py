@@ -19,6 +19,7 @@ from tinyvit.torch_reference import TorchViT  # noqa: E402  (needs torch)
     dict(pool="cls", gelu="exact", pos_embed="learned"),
     dict(pool="mean", gelu="tanh", pos_embed="learned"),
     dict(pool="cls", gelu="exact", pos_embed="sincos", image_size=(16, 24), heads=3, dim=24),
+    dict(pool="mean", gelu="exact", pos_embed="learned", layer_scale=0.1),
 ])
 @pytest.mark.parametrize("layers", ["reference", "fast"])
 def test_logits_and_every_gradient_match_torch(kw, layers):

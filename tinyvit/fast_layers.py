@@ -436,3 +436,34 @@ def block_backward(dout, cache):
     dx_branch, g["norm1.gamma"], g["norm1.beta"] = layernorm_backward(dn1, c_n1)   # (B, T, D)
     dx_branch[:, :dx.shape[1]] += dx                     # + the straight path (the first n rows)
     return dx_branch, g
+
+
+def layerscale_block_forward(x, p: dict, heads: int, gelu: str = "exact"):
+    """The block with LayerScale, on this module's layers (its caches are this module's).
+
+    Equals tinyvit.layers.layerscale_block_forward.
+    """
+    n1, c_n1 = layernorm_forward(x, p["norm1.gamma"], p["norm1.beta"])
+    a, c_attn = attention_forward(n1, p["attn.qkv.W"], p["attn.qkv.b"],
+                                  p["attn.proj.W"], p["attn.proj.b"], heads)
+    x = x + p["ls1.gamma"] * a
+    n2, c_n2 = layernorm_forward(x, p["norm2.gamma"], p["norm2.beta"])
+    m, c_mlp = mlp_forward(n2, p["mlp.fc1.W"], p["mlp.fc1.b"], p["mlp.fc2.W"], p["mlp.fc2.b"], gelu)
+    return x + p["ls2.gamma"] * m, (c_n1, c_attn, a, p["ls1.gamma"], c_n2, c_mlp, m, p["ls2.gamma"])
+
+
+def layerscale_block_backward(dout, cache):
+    """Equals tinyvit.layers.layerscale_block_backward."""
+    c_n1, c_attn, a, ls1, c_n2, c_mlp, m, ls2 = cache
+    D = dout.shape[-1]
+    g = {"ls2.gamma": _column_sums((dout * m).reshape(-1, D))}
+    dn2, g["mlp.fc1.W"], g["mlp.fc1.b"], g["mlp.fc2.W"], g["mlp.fc2.b"] = \
+        mlp_backward(dout * ls2, c_mlp)
+    dx, g["norm2.gamma"], g["norm2.beta"] = layernorm_backward(dn2, c_n2)
+    dx += dout                                           # + the straight path of residual 2
+    g["ls1.gamma"] = _column_sums((dx * a).reshape(-1, D))
+    dn1, g["attn.qkv.W"], g["attn.qkv.b"], g["attn.proj.W"], g["attn.proj.b"] = \
+        attention_backward(dx * ls1, c_attn)
+    dx_attn, g["norm1.gamma"], g["norm1.beta"] = layernorm_backward(dn1, c_n1)
+    dx_attn += dx                                        # + the straight path of residual 1
+    return dx_attn, g

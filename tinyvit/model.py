@@ -53,6 +53,7 @@ class ViTConfig:
     pos_embed: str = "learned"               # "learned" or "sincos" (fixed)
     dtype: str = "float32"                   # "float32" for training, "float64" for gradient checks
     seed: int = 0                            # initialisation seed
+    layer_scale: float | None = None         # LayerScale's initial value (DeiT-III, DINOv2); None: off
 
     def __post_init__(self):
         size = self.image_size
@@ -67,6 +68,11 @@ class ViTConfig:
         for name in ("in_channels", "patch_size", "dim", "depth", "heads", "mlp_dim", "num_classes"):
             check_int(name, getattr(self, name), minimum=1)
         check_int("seed", self.seed, minimum=0)
+        if self.layer_scale is not None and (isinstance(self.layer_scale, bool)
+                                             or not isinstance(self.layer_scale, numbers.Real)
+                                             or not np.isfinite(self.layer_scale)):
+            raise ValueError(f"layer_scale: expected None or a finite number (LayerScale's "
+                             f"initial value), got {self.layer_scale!r}")
         check_choice("pool", self.pool, POOLS)
         check_choice("gelu", self.gelu, GELUS)
         check_choice("pos_embed", self.pos_embed, POS_EMBEDS)
@@ -135,6 +141,7 @@ blocks.{i}.attn.proj.W/b     (D, D) (D,)   blocks.{i}.attn.proj.weight.T/bias
 blocks.{i}.norm2.gamma/beta  (D,)          blocks.{i}.norm2.weight/bias
 blocks.{i}.mlp.fc1.W/b       (D, M) (M,)   blocks.{i}.mlp.fc1.weight.T/bias
 blocks.{i}.mlp.fc2.W/b       (M, D) (D,)   blocks.{i}.mlp.fc2.weight.T/bias
+blocks.{i}.ls1/ls2.gamma     (D,)          blocks.{i}.ls1/ls2.gamma (with layer_scale only)
 norm.gamma/beta              (D,)          norm.weight/bias
 head.W/b                     (D, K) (K,)   head.weight.T/bias
 """
@@ -146,7 +153,7 @@ def param_shapes(cfg: ViTConfig) -> dict[str, tuple[int, ...]]:
     shapes = {"patch_embed.W": (P * P * C, D), "patch_embed.b": (D,), "cls_token": (1, 1, D)}
     if cfg.pos_embed == "learned":
         shapes["pos_embed"] = (1, cfg.num_tokens, D)
-    block = block_param_shapes(D, M)
+    block = block_param_shapes(D, M, layer_scale=cfg.layer_scale is not None)
     for i in range(cfg.depth):
         shapes.update({f"blocks.{i}.{k}": s for k, s in block.items()})
     shapes.update({"norm.gamma": (D,), "norm.beta": (D,), "head.W": (D, K), "head.b": (K,)})
@@ -169,6 +176,8 @@ def init_params(cfg: ViTConfig) -> dict[str, np.ndarray]:
             value = rng.standard_normal(shape) * 1e-6
         elif name == "pos_embed" or name.endswith(".W"):
             value = rng.standard_normal(shape) * INIT_STD
+        elif name.endswith((".ls1.gamma", ".ls2.gamma")):
+            value = np.full(shape, float(cfg.layer_scale))
         elif name.endswith(".gamma"):
             value = np.ones(shape)
         else:                                            # biases and layer-norm beta
@@ -230,6 +239,10 @@ class ViT:
             raise TypeError(f"config: expected a ViTConfig, got {type(config).__name__}")
         self.config = config
         self.layers = resolve_layers(layers)
+        if config.layer_scale is not None and not callable(
+                getattr(self.layers, "layerscale_block_forward", None)):
+            raise TypeError(f"layers: layer_scale needs layerscale_block_forward/backward, which "
+                            f"{layers_name(self.layers)!r} lacks")
         self.params = init_params(config) if params is None else self._checked_params(params)
         self._fixed_pos = None
         if config.pos_embed == "sincos":
@@ -303,6 +316,9 @@ class ViT:
         if last_block_cls_only and not getattr(L, "SUPPORTS_QUERIES", False):
             raise ValueError(f"last_block_cls_only: needs a layer set whose block_forward takes "
                              f"n_queries=n (layers='fast'), got layers={layers_name(L)!r}")
+        if last_block_cls_only and cfg.layer_scale is not None:
+            raise ValueError("last_block_cls_only: not available with LayerScale, got "
+                             f"layer_scale={cfg.layer_scale!r}")
         cache = {}
         x, cache["patchify"] = L.patchify_forward(images, cfg.patch_size)        # (B, N, P*P*C)
         x, cache["embed"] = L.linear_forward(x, p["patch_embed.W"], p["patch_embed.b"])  # (B, N, D)
@@ -311,11 +327,13 @@ class ViT:
         x, cache["pos"] = L.pos_forward(x, pos)                                  # (B, T, D)
         cache["blocks"] = []
         for i in range(cfg.depth):
-            if last_block_cls_only and i == cfg.depth - 1:
-                x, c = L.block_forward(x, self.block_params(i), cfg.heads, cfg.gelu,
-                                       n_queries=1)                                # (B, 1, D)
+            bp = self.block_params(i)
+            if cfg.layer_scale is not None:                                      # LayerScale
+                x, c = L.layerscale_block_forward(x, bp, cfg.heads, cfg.gelu)    # (B, T, D)
+            elif last_block_cls_only and i == cfg.depth - 1:
+                x, c = L.block_forward(x, bp, cfg.heads, cfg.gelu, n_queries=1)  # (B, 1, D)
             else:
-                x, c = L.block_forward(x, self.block_params(i), cfg.heads, cfg.gelu)  # (B, T, D)
+                x, c = L.block_forward(x, bp, cfg.heads, cfg.gelu)               # (B, T, D)
             cache["blocks"].append(c)
         x, cache["norm"] = L.layernorm_forward(x, p["norm.gamma"], p["norm.beta"])  # (B, T or 1, D)
         if cfg.pool == "cls":
@@ -324,7 +342,7 @@ class ViT:
             pooled = x[:, 1:, :].mean(axis=1)                                    # (B, D)
         logits, cache["head"] = L.linear_forward(pooled, p["head.W"], p["head.b"])  # (B, K)
         cache["shape"] = x.shape
-        cache["attn"] = [c[1]["attn"] for c in cache["blocks"]]
+        cache["attn"] = [c[1]["attn"] for c in cache["blocks"]]   # c[1]: the attention's cache
         return logits, cache
 
     def _backward(self, dlogits: np.ndarray, cache, attn_grads: list | None = None):
@@ -346,7 +364,9 @@ class ViT:
         for i in reversed(range(cfg.depth)):
             if attn_grads is not None:
                 attn_grads.insert(0, self._attention_probs_grad(dx, cache["blocks"][i]))
-            dx, gb = L.block_backward(dx, cache["blocks"][i])
+            block_backward = (L.block_backward if cfg.layer_scale is None
+                              else L.layerscale_block_backward)
+            dx, gb = block_backward(dx, cache["blocks"][i])
             for k, v in gb.items():
                 g[f"blocks.{i}.{k}"] = v
         dx, dpos = L.pos_backward(dx, cache["pos"])
@@ -362,9 +382,14 @@ class ViT:
         the gradient dout at the block's output: back through residual 2 and the MLP branch to
         the attention output, then through the projection and o = A @ v (dA = do @ v^T)."""
         L = self.layers
-        c_n1, c_attn, c_n2, c_mlp = block_cache
-        dn2 = L.mlp_backward(dout, c_mlp)[0]
-        da = dout + L.layernorm_backward(dn2, c_n2)[0]   # (B, n, D) at the attention output
+        if self.config.layer_scale is None:
+            c_n1, c_attn, c_n2, c_mlp = block_cache
+            dn2 = L.mlp_backward(dout, c_mlp)[0]
+            da = dout + L.layernorm_backward(dn2, c_n2)[0]   # (B, n, D) at the attention output
+        else:                                            # the same through the two LayerScales
+            c_n1, c_attn, _, ls1, c_n2, c_mlp, _, ls2 = block_cache
+            dn2 = L.mlp_backward(dout * ls2, c_mlp)[0]
+            da = (dout + L.layernorm_backward(dn2, c_n2)[0]) * ls1
         dmerged = L.linear_backward(da, c_attn["proj_cache"])[0]          # (B, n, D)
         A, v = c_attn["attn"], c_attn["v"]
         B, h, n, T = A.shape

@@ -11,7 +11,8 @@ has the same functions with speed tricks, tested equal to these.
 
 from .attention import (attention_backward, attention_forward, merge_heads, softmax,
                         softmax_backward, softmax_forward, split_heads)
-from .block import BLOCK_PARAMS, block_backward, block_forward, block_param_shapes
+from .block import (BLOCK_PARAMS, block_backward, block_forward, block_param_shapes,
+                    layerscale_block_backward, layerscale_block_forward)
 from .layernorm import EPS, layernorm_backward, layernorm_forward
 from .linear import linear_backward, linear_forward
 from .loss import log_softmax, softmax_cross_entropy
@@ -23,7 +24,7 @@ SUPPORTS_QUERIES = False     # no n_queries=: attention_forward and block_forwar
 
 __all__ = ["attention_backward", "attention_forward", "merge_heads", "softmax", "softmax_backward",
            "softmax_forward", "split_heads", "BLOCK_PARAMS", "block_backward", "block_forward",
-           "block_param_shapes", "EPS", "layernorm_backward", "layernorm_forward",
+           "block_param_shapes", "layerscale_block_backward", "layerscale_block_forward", "EPS", "layernorm_backward", "layernorm_forward",
            "linear_backward", "linear_forward", "log_softmax", "softmax_cross_entropy", "erf",
            "gelu_backward", "gelu_forward", "mlp_backward", "mlp_forward", "patchify",
            "patchify_backward", "patchify_forward", "unpatchify", "cls_backward", "cls_forward",

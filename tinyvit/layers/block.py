@@ -27,10 +27,16 @@ BLOCK_PARAM_SHAPES = {
 BLOCK_PARAMS = tuple(BLOCK_PARAM_SHAPES)
 
 
-def block_param_shapes(D: int, M: int) -> dict[str, tuple[int, ...]]:
-    """The block's parameter shapes for width D and MLP width M."""
+def block_param_shapes(D: int, M: int, layer_scale: bool = False) -> dict[str, tuple[int, ...]]:
+    """The block's parameter shapes for width D and MLP width M, in forward order (with
+    layer_scale, the two LayerScale vectors "ls1.gamma" and "ls2.gamma" too)."""
     size = {"D": D, "3D": 3 * D, "M": M}
-    return {name: tuple(size[s] for s in dims) for name, dims in BLOCK_PARAM_SHAPES.items()}
+    shapes = {}
+    for name, dims in BLOCK_PARAM_SHAPES.items():
+        shapes[name] = tuple(size[s] for s in dims)
+        if layer_scale and name in ("attn.proj.b", "mlp.fc2.b"):     # each branch's last layer
+            shapes["ls1.gamma" if name == "attn.proj.b" else "ls2.gamma"] = (D,)
+    return shapes
 
 
 def block_forward(x, p: dict, heads: int, gelu: str = "exact"):
@@ -61,3 +67,45 @@ def block_backward(dout, cache):
     dx_attn, g["norm1.gamma"], g["norm1.beta"] = layernorm_backward(dn1, c_n1)
     return dx + dx_attn, g
     # END SOLUTION
+
+
+# --- the block with LayerScale ------------------------------------------------------------
+# LayerScale (Touvron et al. 2021, "Going deeper with image transformers"; used by DeiT-III
+# and DINOv2) multiplies each branch's output, channel by channel, by a learned vector
+# before its residual:
+#   x = x + ls1 * Attention(LayerNorm1(x))
+#   x = x + ls2 * MLP(LayerNorm2(x))
+# The vectors start small (timm's init_values, e.g. 1e-5 or 0.1), so a deep network starts
+# close to the identity. The model runs this pair when its config sets layer_scale.
+
+def layerscale_block_forward(x, p: dict, heads: int, gelu: str = "exact"):
+    """x (B, T, D), p the block's parameters with "ls1.gamma" and "ls2.gamma" (D,) ->
+    (out (B, T, D), cache)."""
+    n1, c_n1 = layernorm_forward(x, p["norm1.gamma"], p["norm1.beta"])
+    a, c_attn = attention_forward(n1, p["attn.qkv.W"], p["attn.qkv.b"],
+                                  p["attn.proj.W"], p["attn.proj.b"], heads)
+    x = x + p["ls1.gamma"] * a                           # residual 1, the branch scaled
+    n2, c_n2 = layernorm_forward(x, p["norm2.gamma"], p["norm2.beta"])
+    m, c_mlp = mlp_forward(n2, p["mlp.fc1.W"], p["mlp.fc1.b"],
+                           p["mlp.fc2.W"], p["mlp.fc2.b"], gelu)
+    out = x + p["ls2.gamma"] * m                         # residual 2, the branch scaled
+    return out, (c_n1, c_attn, a, p["ls1.gamma"], c_n2, c_mlp, m, p["ls2.gamma"])
+
+
+def layerscale_block_backward(dout, cache):
+    """dout (B, T, D) -> dx (B, T, D), grads (the block's names with "ls1.gamma", "ls2.gamma")."""
+    c_n1, c_attn, a, ls1, c_n2, c_mlp, m, ls2 = cache
+    D = dout.shape[-1]
+    g = {}
+    # out = x + ls2 * m: ls2 is shared by every token, so its gradient sums over them
+    g["ls2.gamma"] = (dout * m).reshape(-1, D).sum(axis=0)
+    dn2, g["mlp.fc1.W"], g["mlp.fc1.b"], g["mlp.fc2.W"], g["mlp.fc2.b"] = \
+        mlp_backward(dout * ls2, c_mlp)
+    dx_mlp, g["norm2.gamma"], g["norm2.beta"] = layernorm_backward(dn2, c_n2)
+    dx = dout + dx_mlp
+    # x = x_in + ls1 * a
+    g["ls1.gamma"] = (dx * a).reshape(-1, D).sum(axis=0)
+    dn1, g["attn.qkv.W"], g["attn.qkv.b"], g["attn.proj.W"], g["attn.proj.b"] = \
+        attention_backward(dx * ls1, c_attn)
+    dx_attn, g["norm1.gamma"], g["norm1.beta"] = layernorm_backward(dn1, c_n1)
+    return dx + dx_attn, g
