@@ -330,3 +330,24 @@ def _logits_with_bumped_attention(model, images, block, index, delta):
         return model(images)
     finally:
         mod.softmax_forward = real
+
+
+# --- the tokens before pool and head -----------------------------------------------------------
+@pytest.mark.parametrize("layers", ["reference", "fast"])
+def test_backward_tokens_matches_finite_differences(layers):
+    from tinyvit.gradcheck import numerical_vjp, rel_error
+    model = perturbed_model(tiny_config(layer_scale=None)).using(layers)
+    rng = np.random.default_rng(11)
+    images = rng.random((2, 8, 8, 2))
+    tokens, cache = model.forward_tokens(images)
+    assert tokens.shape == (2, model.config.num_tokens, model.config.dim)
+    dtokens = rng.standard_normal(tokens.shape)
+    grads, dimages = model.backward_tokens(dtokens, cache)
+    assert "head.W" not in grads and set(grads) == set(model.params) - {"head.W", "head.b"}
+    f = lambda: model.forward_tokens(images)[0]
+    for name in ("blocks.0.attn.qkv.W", "cls_token", "norm.gamma"):
+        num = numerical_vjp(f, model.params[name], dtokens, 1e-6)
+        assert rel_error(grads[name], num) < 1e-7, name
+    assert rel_error(dimages, numerical_vjp(f, images, dtokens, 1e-6)) < 1e-7
+    with pytest.raises(ValueError, match=r"dtokens: expected shape \(2, 5, 8\)"):
+        model.backward_tokens(dtokens[:, :3], cache)

@@ -294,25 +294,22 @@ class ViT:
         return {k[len(prefix):]: v for k, v in self.params.items() if k.startswith(prefix)}
 
     # --- forward and backward --------------------------------------------------
-    def forward(self, images: np.ndarray, last_block_cls_only: bool = False):
-        """images (B, H, W, C) -> (logits (B, K), cache). cache["attn"][i] is block i's
-        attention probabilities (B, h, T, T); row 0 is what the CLS token attends to.
+    def forward_tokens(self, images: np.ndarray, last_block_cls_only: bool = False):
+        """images (B, H, W, C) -> (tokens (B, T, D) after the final layer norm, cache): the
+        whole transformer, without pool and head. backward_tokens reverses it.
 
-        last_block_cls_only (pool="cls" and a layer set with n_queries=n, such as "fast"):
-        with CLS pooling the head reads nothing but the CLS token's final state, so the
-        last block need only compute that one token: its query, its attention row, its
-        residuals and MLP (every token still offers its key and value). The logits and
-        every gradient are the same as the full forward's, for (T-1)/T less of the last
-        block's MLP and projection work; cache["attn"][-1] is then (B, h, 1, T).
+        last_block_cls_only (a layer set with n_queries=n, such as "fast"): the last block
+        computes the CLS token alone, so tokens is (B, 1, D). With CLS pooling the head reads
+        nothing but that token, so only its query, attention row, residuals and MLP are
+        needed there (every token still offers its key and value): the logits and every
+        gradient are the same as the full forward's, for (T-1)/T less of the last block's
+        MLP and projection work; cache["attn"][-1] is then (B, h, 1, T).
         """
         self.check_images(images)
         cfg, p, L = self.config, self.params, self.layers
         if not isinstance(last_block_cls_only, bool):
             raise TypeError(f"last_block_cls_only: expected True or False, "
                             f"got {type(last_block_cls_only).__name__}")
-        if last_block_cls_only and cfg.pool != "cls":
-            raise ValueError(f"last_block_cls_only: needs pool='cls' (with mean pooling the head "
-                             f"reads every patch token), got pool={cfg.pool!r}")
         if last_block_cls_only and not getattr(L, "SUPPORTS_QUERIES", False):
             raise ValueError(f"last_block_cls_only: needs a layer set whose block_forward takes "
                              f"n_queries=n (layers='fast'), got layers={layers_name(L)!r}")
@@ -336,13 +333,24 @@ class ViT:
                 x, c = L.block_forward(x, bp, cfg.heads, cfg.gelu)               # (B, T, D)
             cache["blocks"].append(c)
         x, cache["norm"] = L.layernorm_forward(x, p["norm.gamma"], p["norm.beta"])  # (B, T or 1, D)
+        cache["shape"] = x.shape
+        cache["attn"] = [c[1]["attn"] for c in cache["blocks"]]   # c[1]: the attention's cache
+        return x, cache
+
+    def forward(self, images: np.ndarray, last_block_cls_only: bool = False):
+        """images (B, H, W, C) -> (logits (B, K), cache): forward_tokens, then the pool and
+        the head. cache["attn"][i] is block i's attention probabilities (B, h, T, T); row 0 is
+        what the CLS token attends to. last_block_cls_only: see forward_tokens."""
+        cfg, p, L = self.config, self.params, self.layers
+        if last_block_cls_only is True and cfg.pool != "cls":
+            raise ValueError(f"last_block_cls_only: needs pool='cls' (with mean pooling the head "
+                             f"reads every patch token), got pool={cfg.pool!r}")
+        x, cache = self.forward_tokens(images, last_block_cls_only)             # (B, T, D)
         if cfg.pool == "cls":
             pooled = x[:, 0, :]                                                  # (B, D)
         else:
             pooled = x[:, 1:, :].mean(axis=1)                                    # (B, D)
         logits, cache["head"] = L.linear_forward(pooled, p["head.W"], p["head.b"])  # (B, K)
-        cache["shape"] = x.shape
-        cache["attn"] = [c[1]["attn"] for c in cache["blocks"]]   # c[1]: the attention's cache
         return logits, cache
 
     def _backward(self, dlogits: np.ndarray, cache, attn_grads: list | None = None):
@@ -353,14 +361,26 @@ class ViT:
         check_array("dlogits", dlogits, ndim=2, kind="f", dtype=cfg.dtype)
         if dlogits.shape != (B, cfg.num_classes):
             raise ValueError(f"dlogits: expected shape {(B, cfg.num_classes)}, got {dlogits.shape}")
-        g = {}
-        dpooled, g["head.W"], g["head.b"] = L.linear_backward(dlogits, cache["head"])   # (B, D)
+        dpooled, dW, db = L.linear_backward(dlogits, cache["head"])         # (B, D)
         dx = np.zeros((B, T, D), dtype=dlogits.dtype)
         if cfg.pool == "cls":
             dx[:, 0, :] = dpooled                        # only the CLS token fed the head
         else:
             dx[:, 1:, :] = dpooled[:, None, :] / (T - 1)   # each patch token got 1/N of the mean
-        dx, g["norm.gamma"], g["norm.beta"] = L.layernorm_backward(dx, cache["norm"])
+        grads, dimages = self.backward_tokens(dx, cache, attn_grads)
+        grads["head.W"], grads["head.b"] = dW, db
+        return grads, dimages
+
+    def backward_tokens(self, dtokens: np.ndarray, cache, attn_grads: list | None = None):
+        """dtokens (B, T, D), the gradient at the tokens forward_tokens returned -> (grads,
+        dimages): the gradient of every parameter but the head's, and of the images. With a
+        list attn_grads, puts the gradient of each block's attention probabilities in it."""
+        cfg, L = self.config, self.layers
+        check_array("dtokens", dtokens, ndim=3, kind="f", dtype=cfg.dtype)
+        if dtokens.shape != tuple(cache["shape"]):
+            raise ValueError(f"dtokens: expected shape {tuple(cache['shape'])}, got {dtokens.shape}")
+        g = {}
+        dx, g["norm.gamma"], g["norm.beta"] = L.layernorm_backward(dtokens, cache["norm"])
         for i in reversed(range(cfg.depth)):
             if attn_grads is not None:
                 attn_grads.insert(0, self._attention_probs_grad(dx, cache["blocks"][i]))
@@ -375,7 +395,7 @@ class ViT:
         dx, g["cls_token"] = L.cls_backward(dx, cache["cls"])   # dcls: batch sum at position 0
         dpatches, g["patch_embed.W"], g["patch_embed.b"] = L.linear_backward(dx, cache["embed"])
         dimages = L.patchify_backward(dpatches, cache["patchify"])   # (B, H, W, C)
-        return {k: g[k] for k in self.params}, dimages    # grads in forward order, as params
+        return {k: g[k] for k in self.params if k in g}, dimages   # forward order, as params
 
     def _attention_probs_grad(self, dout, block_cache):
         """The gradient of the loss at a block's attention probabilities A (B, h, n, T), from
