@@ -66,7 +66,7 @@ def patchify_forward(x: np.ndarray, patch_size: int):
 def patchify_backward(dout: np.ndarray, cache) -> np.ndarray:
     """dout (B, N, P*P*C) -> dx (B, H, W, C), the gradient of the images."""
     # BEGIN SOLUTION patchify_backward
-    # Patchify only moves numbers around, so its gradient moves them back.
+    # out = patchify(x): it only moves numbers around, so its gradient moves them back.
     (B, H, W, C), P = cache
     return unpatchify(dout, (H, W), P, C)
     # END SOLUTION

@@ -31,6 +31,7 @@ def cls_forward(x: np.ndarray, cls: np.ndarray):
 def cls_backward(dout: np.ndarray, cache):
     """dout (B, T, D) -> dx (B, N, D), dcls (1, 1, D)."""
     # BEGIN SOLUTION cls_backward
+    # out[:, 0] = cls (for every image), out[:, 1:] = x
     # dcls is the batch sum of the gradient at position 0: the token was copied
     # B times, and a copy's gradient adds up (the transpose of a broadcast).
     dx = dout[:, 1:, :]                                  # (B, N, D)
@@ -47,6 +48,7 @@ def pos_forward(x: np.ndarray, pos: np.ndarray):
 def pos_backward(dout: np.ndarray, cache):
     """dout (B, T, D) -> dx (B, T, D), dpos (1, T, D) (summed over the batch)."""
     # BEGIN SOLUTION pos_backward
+    # out = x + pos: pos is broadcast over the batch, so its gradient sums over it
     return dout, dout.sum(axis=0, keepdims=True)
     # END SOLUTION
 
