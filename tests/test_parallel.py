@@ -118,12 +118,31 @@ def test_process_split_errors_and_a_lost_helper():
             split.loss_and_grads(bad, np.zeros(6, int))
         loss, _, _ = split.loss_and_grads(images, np.zeros(6, int))   # still in step
         assert np.isfinite(loss)
-        split._procs[0].kill()
-        split._procs[0].wait()
-        with pytest.raises(RuntimeError, match="helper process 1 ended"):
+        first = split._procs[0]
+        first.kill()                                     # SIGKILL, as the OOM killer would
+        first.wait()
+        again, _, _ = split.loss_and_grads(images, np.zeros(6, int))   # replaced, step redone
+        assert again == loss and split.restarts == 1 and split._procs[0] is not first
+
+
+def test_a_helper_lost_twice_in_one_step_is_one_clear_error(monkeypatch):
+    import tinyvit.parallel as P
+    model, rng = _model()
+    images = rng.random((6, 8, 8, 2))
+    real_start = P.ProcessSplitter._start
+
+    def start_then_die(self, capacity):                  # every new helper dies at once
+        real_start(self, capacity)
+        for p in self._procs:
+            p.kill()
+            p.wait()
+
+    monkeypatch.setattr(P.ProcessSplitter, "_start", start_then_die)
+    with P.ProcessSplitter(model, 2) as split:
+        with pytest.raises(P.HelperLost, match=r"^ProcessSplitter: helper process 1 ended "
+                                               r"\(exit code -9\), and its replacement too") as e:
             split.loss_and_grads(images, np.zeros(6, int))
-        again, _, _ = split.loss_and_grads(images, np.zeros(6, int))   # a new helper starts
-        assert again == loss
+        assert "\n" not in str(e.value) and split.restarts == 1
 
 
 def test_process_split_without_dev_shm(monkeypatch, tmp_path):

@@ -601,13 +601,13 @@ def main(argv=None) -> int:
     if from_shell:
         _maybe_reexec_for_threads(argv, args)
     from .checkpoint import CheckpointError
-    from .train import TrainingDiverged
+    from .train import TrainingDiverged, TrainingStopped
     try:
         return args.func(args)
     except CLIError as err:
         print(f"tinyvit {args.command}: error: {err}", file=sys.stderr)
         return 2
-    except TrainingDiverged as err:
+    except (TrainingDiverged, TrainingStopped) as err:
         print(f"tinyvit {args.command}: error: {err}", file=sys.stderr)
         return 1
     except (CheckpointError, ValueError, TypeError, OSError) as err:
