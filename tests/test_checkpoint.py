@@ -9,6 +9,8 @@ from tinyvit.checkpoint import (FORMAT_VERSION, CheckpointError, is_checkpoint, 
                                 save_checkpoint)
 from tinyvit.optim import AdamW
 
+from conftest import AllocationSpy, forge_npz_member
+
 CFG = ViTConfig(image_size=8, in_channels=1, patch_size=4, dim=8, depth=1, heads=2, mlp_dim=16,
                 num_classes=3, seed=3)
 
@@ -199,39 +201,23 @@ def test_huge_depth_in_the_config_is_refused_before_building_anything(tmp_path, 
     assert calls == []                                   # no table of 10^9 blocks was built
 
 
-def _forge_member(path, name, shape, dtype="<f4", data=b"\0" * 16):
-    """Rewrite one member of an npz with a header that claims ``shape`` over a few bytes."""
-    import io
-    import zipfile
-    buf = io.BytesIO()
-    np.lib.format.write_array_header_1_0(buf, {"descr": dtype, "fortran_order": False, "shape": shape})
-    with zipfile.ZipFile(path) as z:
-        members = {i.filename: z.read(i) for i in z.infolist()}
-    members[name + ".npy"] = buf.getvalue() + data
-    with zipfile.ZipFile(path, "w") as z:
-        for k, v in members.items():
-            z.writestr(k, v)
-
-
 def test_array_header_claiming_10_to_12_elements_is_refused_before_allocation(tmp_path, monkeypatch):
     model, opt = _trained_model_and_opt()
     path = _save(tmp_path / "ck.npz", model, opt)
-    _forge_member(path, "param/head.W", (10 ** 6, 10 ** 6))
-    allocations = []
-    real_empty = np.empty
-    monkeypatch.setattr(np, "empty", lambda shape, *a, **k: allocations.append(shape) or real_empty(shape, *a, **k))
+    forge_npz_member(path, "param/head.W", (10 ** 6, 10 ** 6))
+    spy = AllocationSpy(monkeypatch)
     with pytest.raises(CheckpointError, match=r"'param/head.W': header says shape \(1000000, 1000000\) "
                                               r"of float32 \(4 TB\), the member holds 16 bytes") as e:
         load_checkpoint(path)
     _one_line(e)
-    assert all(np.prod(s) < 10 ** 6 for s in allocations)
+    assert spy.largest() < 10 ** 6
 
 
 def test_header_that_agrees_with_a_forged_zip_size_is_still_checked_against_the_config(tmp_path):
     # a header and the zip's size field can both lie consistently; the shape check catches it
     model, opt = _trained_model_and_opt()
     path = _save(tmp_path / "ck.npz", model, opt)
-    _forge_member(path, "param/head.W", (8, 4), data=b"\0" * 128)   # real bytes, wrong shape
+    forge_npz_member(path, "param/head.W", (8, 4), data=b"\0" * 128)   # real bytes, wrong shape
     with pytest.raises(CheckpointError, match=r"head.W: expected \(8, 3\) float32, got \(8, 4\)"):
         load_checkpoint(path)
 

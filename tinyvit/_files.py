@@ -24,7 +24,9 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 import secrets
+import warnings
 import zipfile
 import zlib
 from pathlib import Path
@@ -103,7 +105,8 @@ def remove_stale_temps(path) -> list[Path]:
 def atomic_open(path, mode: str = "wb"):
     """``with atomic_open(path) as f: f.write(...)`` -- the file appears whole at ``path`` when
     the block ends, or not at all if it raises. mode "wb" or "w" (text, UTF-8, no newline
-    translation). Creates the parent directory. The file's mode follows the umask."""
+    translation). Creates the parent directory. The file's mode follows the umask.
+    ``f.name`` is the temporary file's path (to check what was written before it counts)."""
     if mode not in ("wb", "w"):
         raise ValueError(f"mode: expected 'wb' or 'w', got {mode!r}")
     path = Path(path)
@@ -111,10 +114,11 @@ def atomic_open(path, mode: str = "wb"):
     folder.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(path)
     tmp = folder / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}{TMP_SUFFIX}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    kw = {} if mode == "wb" else {"encoding": "utf-8", "newline": ""}
     try:
-        kw = {} if mode == "wb" else {"encoding": "utf-8", "newline": ""}
-        with os.fdopen(fd, mode, **kw) as f:
+        # 0o666 and the umask, as open() would; f.name is the temporary path
+        with open(tmp, mode, opener=lambda p, _: os.open(p, flags, 0o666), **kw) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
@@ -260,3 +264,45 @@ class NpzReader:
 
     def __exit__(self, *exc):
         self.close()
+
+
+# =========================================================== images
+
+@contextlib.contextmanager
+def open_image(path):
+    """``with open_image(path) as im:`` -- a PIL image, its size checked before any decoding.
+
+    Pillow reads only the header on open; a PNG whose header claims 60000x60000 would need
+    10 GB once decoded. Anything above Pillow's MAX_IMAGE_PIXELS (about 89 million pixels,
+    Pillow's own decompression-bomb limit, which a user may raise) is refused here with one
+    line naming the file, as is a file Pillow cannot read. Errors raised inside the block
+    while decoding (a truncated file) are reported the same way.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image: file not found: {path}")
+    limit = Image.MAX_IMAGE_PIXELS
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                w, h = im.size
+                if limit and w * h > limit:
+                    raise _TooLarge(w, h)
+                yield im
+    except (_TooLarge, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        if isinstance(e, _TooLarge):
+            size = f"{e.args[0]}x{e.args[1]}"
+        else:                                            # Pillow refused it inside open()
+            found = re.search(r"\((\d+) pixels\)", str(e))
+            size = f"{int(found.group(1)):,} pixels" if found else f"more ({e})"
+        raise ValueError(f"{path}: expected an image of at most {limit:,} pixels (Pillow's "
+                         f"MAX_IMAGE_PIXELS), got {size}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, EOFError) as e:
+        raise ValueError(f"{path}: could not read this image ({type(e).__name__}: {e})") from e
+
+
+class _TooLarge(Exception):
+    pass

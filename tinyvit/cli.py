@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import os
 import sys
 from pathlib import Path
@@ -225,6 +226,8 @@ def _default_out(key: str) -> Path:
 
 def cmd_train(args) -> int:
     from . import ViT, ViTConfig
+    from ._files import check_memory
+    from .model import param_shapes
     from .checkpoint import load_checkpoint
     from .datasets import channel_stats
     from .train import CHECKPOINT_NAME, TrainConfig, plot_history, train
@@ -278,11 +281,23 @@ def cmd_train(args) -> int:
                 "image_size": side, "channels": channels, "n_train": n_train, "n_val": SHAPES_N_VAL}
         preset = dict(MODEL_PRESETS[args.model or ("mnist" if key in ("mnist", "mnist-test-split",
                                                                        "fashion-mnist") else DEFAULT_PRESET)])
+        if key == "shapes" and side < 8:
+            raise CLIError(f"--image-size: expected at least 8 for the shapes data, got {side}")
+        if side < 2:
+            raise CLIError(f"--image-size: expected at least 2 (two patches of one pixel), got {side}")
+        if key == "shapes":                                # before anything is drawn
+            from .datasets import shapes_bytes
+            check_memory("--n-train, --image-size", f"{n_train:,} + {SHAPES_N_VAL:,} images of "
+                         f"{side}x{side}", shapes_bytes(n_train + SHAPES_N_VAL, side), "the data")
         if args.patch_size is None and (side % preset["patch_size"] or side // preset["patch_size"] < 2):
             preset["patch_size"] = next(p for p in (8, 7, 4, 2, 1) if side % p == 0 and side // p >= 2)
         for k in ("patch_size", "dim", "depth", "heads", "mlp_dim", "pool", "gelu", "pos_embed"):
             if getattr(args, k) is not None:
                 preset[k] = getattr(args, k)
+        mcfg = ViTConfig(image_size=side, in_channels=channels, num_classes=2, seed=seed, **preset)
+        nparams = sum(math.prod(s) for s in param_shapes(mcfg).values())
+        check_memory("--image-size, --patch-size, --dim, --depth", f"a model of {nparams:,} parameters",
+                     nparams * np.dtype(mcfg.dtype).itemsize * 4, "them, their gradients and optimizer moments")
         train_ds, val_ds = _load_data(spec)
         mcfg = ViTConfig(image_size=side, in_channels=train_ds.image_shape[2],
                          num_classes=train_ds.num_classes, seed=seed, **preset)
@@ -344,8 +359,11 @@ def _foreign_model(path: Path):
     loader = getattr(interop, "load_model", None)
     if loader is None:
         return None
+    from ._files import NpzError
     try:
         return loader(path)
+    except NpzError:                                   # not an .npz at all: says so, names the file
+        raise
     except (TypeError, ValueError) as e:
         raise ValueError(f"{path}: neither a tinyvit checkpoint nor a model interop can read: {e}") from e
 
@@ -400,20 +418,8 @@ def cmd_eval(args) -> int:
 
 def _load_image(path: Path, hw, channels: int) -> np.ndarray:
     """An image file -> (H, W, C) float32 in [0, 1], converted and resized like the folder loader."""
-    from PIL import Image, UnidentifiedImageError
-
-    if not path.is_file():
-        raise FileNotFoundError(f"image: file not found: {path}")
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB" if channels == 3 else "L")
-            H, W = hw
-            if im.size != (W, H):
-                im = im.resize((W, H), Image.BILINEAR)
-            a = np.asarray(im, dtype=np.float32) / np.float32(255.0)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise ValueError(f"{path}: could not read this image ({type(e).__name__}: {e})") from e
-    return a.reshape(H, W, channels)
+    from .datasets import read_image
+    return read_image(path, hw, channels).astype(np.float32) / np.float32(255.0)
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
@@ -456,12 +462,7 @@ def _model_for_images(checkpoint: str):
     kw = preprocess_kwargs(info)
 
     def prepare(p):
-        if not Path(p).is_file():
-            raise FileNotFoundError(f"image: file not found: {p}")
-        try:
-            x = preprocess_imagenet(str(p), dtype=model.config.dtype, **kw)    # (1, H, W, 3) in [-1, 1]
-        except (OSError, SyntaxError) as e:
-            raise ValueError(f"{p}: could not read this image ({type(e).__name__}: {e})") from e
+        x = preprocess_imagenet(str(p), dtype=model.config.dtype, **kw)        # (1, H, W, 3) in [-1, 1]
         mean, std = np.asarray(kw.get("mean", 0.5)), np.asarray(kw.get("std", 0.5))
         return x, np.clip(x[0] * std + mean, 0.0, 1.0)
     return model, names, prepare
