@@ -272,3 +272,38 @@ def test_a_save_killed_with_sigkill_leaves_a_temp_file_the_next_save_removes(tmp
     _save(target, model, opt)
     assert [q.name for q in tmp_path.iterdir()] == ["ck.npz"]
     assert load_checkpoint(target).step == 7
+
+
+def _corruptions(data: bytes, n: int, seed: int):
+    """n damaged copies of a file: cut short, random bytes flipped, or a byte changed inside
+    an .npy header (its dtype or shape text)."""
+    rng = np.random.default_rng(seed)
+    headers = [i for i in range(len(data) - 6) if data[i:i + 6] == b"\x93NUMPY"]
+    for it in range(n):
+        d = bytearray(data)
+        if it % 3 == 0:
+            d = d[:rng.integers(0, len(d))]
+        elif it % 3 == 1:
+            for _ in range(rng.integers(1, 8)):
+                d[rng.integers(0, len(d))] = rng.integers(0, 256)
+        else:
+            j = headers[rng.integers(0, len(headers))] + rng.integers(6, 100)
+            d[min(j, len(d) - 1)] = rng.integers(32, 127)
+        yield bytes(d)
+
+
+def test_any_damage_to_a_checkpoint_is_a_one_line_checkpoint_error(tmp_path):
+    """The general property, beyond the listed cases: whatever the damage, loading either
+    works or raises CheckpointError with one line -- never another exception."""
+    model, opt = _trained_model_and_opt()
+    data = _save(tmp_path / "ck.npz", model, opt).read_bytes()
+    outcomes = {"loaded": 0, "refused": 0}
+    for k, damaged in enumerate(_corruptions(data, 450, seed=0)):
+        (tmp_path / "bad.npz").write_bytes(damaged)
+        try:
+            load_checkpoint(tmp_path / "bad.npz")
+            outcomes["loaded"] += 1                      # e.g. a flipped bit inside a float
+        except CheckpointError as e:
+            assert "\n" not in str(e) and "bad.npz" in str(e), (k, str(e))
+            outcomes["refused"] += 1
+    assert outcomes["refused"] > 300

@@ -228,3 +228,19 @@ def test_training_options_that_cannot_work_are_one_line(tmp_path, capsys):
     err = _one_line_error(capsys, main(["train", "--dim", "1000000", "--heads", "1", *out]))
     assert "--dim, --depth: a model of" in err
     assert not (tmp_path / "r").exists()                   # nothing written, nothing allocated
+
+
+@pytest.mark.parametrize("spec, word", [({"name": 5}, "dataset: expected a dataset name, got int 5"),
+                                        ({"name": "shapes", "data_dir": 3}, "data_dir: expected a folder"),
+                                        ({"name": "shapes", "n_train": "many"}, "n_train"),
+                                        ({"name": "imagenet"}, "name: expected one of")])
+def test_a_damaged_dataset_spec_in_a_checkpoint_is_one_line(run, tmp_path, capsys, spec, word):
+    with np.load(run / "checkpoint.npz", allow_pickle=False) as npz:
+        a = {k: npz[k] for k in npz.files}
+    meta = json.loads(str(a["meta"][()]))
+    meta["dataset"] = spec
+    a["meta"] = np.array(json.dumps(meta))
+    np.savez(tmp_path / "ck.npz", **a)
+    for argv in (["eval", str(tmp_path / "ck.npz")], ["train", "--resume", str(tmp_path / "ck.npz"), "--quiet"]):
+        err = _one_line_error(capsys, main(argv))
+        assert word in err, err

@@ -864,3 +864,30 @@ def test_bad_normalisation_for_batches_names_the_part():
                             ((float("inf"), 1.0), "mean: expected finite")):
         with pytest.raises((ValueError, TypeError), match=word):
             BatchIterator(ds, 4, normalize=normalize)
+
+
+@pytest.mark.parametrize("fmt", ["TIFF", "PNG", "JPEG"])
+def test_damaged_images_give_one_error_and_no_pillow_warnings(tmp_path, fmt):
+    import warnings
+    from tinyvit.datasets import read_image
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(buf, fmt)
+    data, rng = buf.getvalue(), np.random.default_rng(1)
+    path = tmp_path / f"im.{fmt.lower()}"
+    refused = 0
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        for it in range(120):
+            d = bytearray(data)
+            if it % 2:
+                d = d[:rng.integers(0, len(d))]
+            else:
+                for _ in range(rng.integers(1, 6)):
+                    d[rng.integers(0, len(d))] = rng.integers(0, 256)
+            path.write_bytes(bytes(d))
+            try:
+                read_image(path, (8, 8), 3)
+            except ValueError as e:
+                assert path.name in str(e) and "\n" not in str(e)
+                refused += 1
+    assert refused > 30 and [str(w.message) for w in seen] == []

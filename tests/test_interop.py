@@ -735,3 +735,22 @@ def test_384_pixel_models_are_preprocessed_with_crop_pct_one(tmp_path):
     x = preprocess_imagenet(img, image_size=384)
     np.testing.assert_array_equal(x, preprocess_imagenet(img, image_size=384, crop_pct=1.0))
     assert np.abs(x - preprocess_imagenet(img, image_size=384, crop_pct=0.9)).max() > 0.5
+
+
+@pytest.mark.parametrize("layout", ["google", "timm"])
+def test_any_damage_to_a_google_or_timm_file_is_a_clear_error(tmp_path, layout):
+    """Beyond the listed cases: a damaged file loads (a flipped bit in a weight) or raises
+    ValueError/TypeError naming what is wrong -- never another exception."""
+    from test_checkpoint import _corruptions
+    model = random_model(CONFIGS[0])
+    path = tmp_path / "m.npz"
+    (save_google_vit if layout == "google" else save_timm)(model, path)
+    refused = 0
+    for damaged in _corruptions(path.read_bytes(), 240, seed=1):
+        (tmp_path / "bad.npz").write_bytes(damaged)
+        try:
+            load_model(tmp_path / "bad.npz", heads=4)
+        except (ValueError, TypeError) as e:
+            assert str(e).strip(), e
+            refused += 1
+    assert refused > 150

@@ -183,7 +183,7 @@ class NpzReader:
             raise FileNotFoundError(f"{what}: file not found: {self.path}")
         try:
             self._zip = zipfile.ZipFile(self.path)
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as e:
             raise NpzError(f"{self.path}: expected an .npz archive (a zip of .npy arrays), "
                            f"got {_peek(self.path)}") from e
         try:
@@ -212,7 +212,8 @@ class NpzReader:
                 else:                                       # pragma: no cover - future versions
                     raise ValueError(f"unknown .npy version {version}")
                 offset = f.tell()
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, SyntaxError) as e:
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, SyntaxError,
+                NotImplementedError, RuntimeError) as e:     # unknown compression, encryption
             self._fail(name, f"no valid .npy header ({' '.join(str(e).split())})")
         if dtype.hasobject:
             raise NpzError(f"{self.path}: array {name!r} holds Python objects ({dtype}), which "
@@ -250,7 +251,8 @@ class NpzReader:
                     if not n:
                         break
                     got += n
-        except (OSError, EOFError, zipfile.BadZipFile, zlib.error, ValueError) as e:
+        except (OSError, EOFError, zipfile.BadZipFile, zlib.error, ValueError, NotImplementedError,
+                RuntimeError) as e:
             self._fail(name, f"could not read its data ({type(e).__name__}: {' '.join(str(e).split())})")
         if got != nbytes:
             self._fail(name, f"expected {nbytes} bytes of data, got {got}")
@@ -276,7 +278,8 @@ def open_image(path):
     10 GB once decoded. Anything above Pillow's MAX_IMAGE_PIXELS (about 89 million pixels,
     Pillow's own decompression-bomb limit, which a user may raise) is refused here with one
     line naming the file, as is a file Pillow cannot read. Errors raised inside the block
-    while decoding (a truncated file) are reported the same way.
+    while decoding (a truncated file) are reported the same way; Pillow's warnings about
+    damaged metadata are not printed.
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -285,7 +288,10 @@ def open_image(path):
         raise FileNotFoundError(f"image: file not found: {path}")
     limit = Image.MAX_IMAGE_PIXELS
     try:
-        with warnings.catch_warnings():
+        # Pillow warns about damaged metadata (TIFF tags, EXIF) on the way: the image either
+        # decodes, or fails with the one line below, so those warnings are dropped
+        with warnings.catch_warnings(record=True):
+            warnings.simplefilter("ignore")
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as im:
                 w, h = im.size
@@ -300,7 +306,7 @@ def open_image(path):
             size = f"{int(found.group(1)):,} pixels" if found else f"more ({e})"
         raise ValueError(f"{path}: expected an image of at most {limit:,} pixels (Pillow's "
                          f"MAX_IMAGE_PIXELS), got {size}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, EOFError) as e:
+    except (UnidentifiedImageError, OSError, SyntaxError, EOFError, ValueError) as e:
         raise ValueError(f"{path}: could not read this image ({type(e).__name__}: {e})") from e
 
 

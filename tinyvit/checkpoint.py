@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from ._checks import check_normalize, describe
-from ._files import NpzError, NpzReader, save_npz
+from ._files import NpzError, NpzReader, check_memory, save_npz
 from .model import ViT, ViTConfig, param_shapes
 
 __all__ = ["CheckpointError", "Checkpoint", "save_checkpoint", "load_checkpoint",
@@ -136,6 +136,9 @@ def _json(npz: NpzReader, key: str, path, kind=dict, nullable: bool = True):
         value = json.loads(_text(npz, key, path))
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path}: entry {key!r}: expected valid JSON, got an error ({e})") from e
+    except RecursionError:
+        raise CheckpointError(f"{path}: entry {key!r}: expected JSON of a sane depth, got one "
+                              "nested too deeply to read") from None
     if value is None and nullable:
         return None
     if not isinstance(value, kind):
@@ -191,6 +194,9 @@ def _check_shapes(npz: NpzReader, config: ViTConfig, path) -> None:
     if config.depth != blocks:                     # before param_shapes builds a table of depth rows
         raise CheckpointError(f"{path}: model config says depth {config.depth}, but the file holds "
                               f"parameters for {blocks} blocks")
+    if config.pos_embed == "sincos":              # the model builds this table: nothing bounds it
+        check_memory(f"{path}: model config", f"{config.num_tokens:,} tokens x {config.dim}",
+                     config.num_tokens * config.dim * 8, "the fixed sin-cos position table")
     expected = param_shapes(config)
     dtype = np.dtype(config.dtype)
     missing = sorted(set(expected) - params)
@@ -263,10 +269,16 @@ def load_checkpoint(path) -> Checkpoint:
             meta = _json(npz, "meta", path) or {}
             _check_meta(meta, config, path)
             history = _json(npz, "history", path)
+            train_config = _json(npz, "train_config", path)
+            if train_config is not None and "normalize" in train_config:
+                try:
+                    check_normalize("normalize", train_config["normalize"], config.in_channels)
+                except (TypeError, ValueError) as e:
+                    raise CheckpointError(f"{path}: train_config {e}") from e
             params = {k[len("param/"):]: npz.read(k) for k in npz.files if k.startswith("param/")}
             optim = {k[len("optim/"):]: npz.read(k) for k in npz.files if k.startswith("optim/")}
             ckpt = Checkpoint(model_config=config, params=params, optim_state=optim,
-                              train_config=_json(npz, "train_config", path), meta=meta, history=history,
+                              train_config=train_config, meta=meta, history=history,
                               epoch=_int(npz, "state/epoch", path), batch=_int(npz, "state/batch", path),
                               step=_int(npz, "state/step", path), seed=_int(npz, "rng/seed", path),
                               path=str(path))

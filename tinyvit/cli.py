@@ -202,16 +202,22 @@ def _dataset_key(name: str) -> str:
 
 
 def _load_data(spec: dict):
-    """(train, val) from a dataset spec dict (stored in the checkpoint's meta)."""
+    """(train, val) from a dataset spec dict (stored in the checkpoint's meta). A stored spec
+    may be damaged: every field is checked by load_dataset, which names it."""
+    from ._checks import describe
     from .datasets import load_dataset
 
-    key = spec["name"]
+    key, data_dir = spec.get("name"), spec.get("data_dir") or "data"
+    if not isinstance(key, str):
+        raise CLIError(f"dataset: expected a dataset name, got {describe(key)}")
+    if not isinstance(data_dir, str):
+        raise CLIError(f"dataset data_dir: expected a folder name, got {describe(data_dir)}")
     kw = dict(download=spec.get("download", True), seed=spec.get("seed", 0))
     if key == "shapes":
-        kw.update(image_size=spec["image_size"], n_train=spec["n_train"], n_test=spec["n_val"])
+        kw.update(image_size=spec.get("image_size"), n_train=spec.get("n_train", SHAPES_N_TRAIN),
+                  n_test=spec.get("n_val", SHAPES_N_VAL))
     elif key == "folder":
-        kw.update(image_size=spec["image_size"], channels=spec["channels"])
-    data_dir = spec.get("data_dir") or "data"
+        kw.update(image_size=spec.get("image_size", 32), channels=spec.get("channels", 3))
     return load_dataset(key, data_dir, **kw)
 
 
@@ -331,7 +337,9 @@ def cmd_train(args) -> int:
     history = train(model, train_ds, val_ds, tcfg, out_dir=out, resume_from=resume,
                     progress=not quiet, meta=meta)
     fig = plot_history(history, title=f"{spec['name']}: {model.num_params():,}-parameter ViT")
-    fig.savefig(out / "curves.png", dpi=100)
+    from ._files import atomic_open
+    with atomic_open(out / "curves.png") as f:                  # whole or not at all
+        fig.savefig(f, format="png", dpi=100)
     last = history["epochs"][-1] if history["epochs"] else None
     if last is not None and last["epoch"] == tcfg.epochs:
         print(f"done: validation accuracy {last['val_acc']:.4f} (loss {last['val_loss']:.4f}) after "
