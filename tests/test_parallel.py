@@ -1,5 +1,7 @@
 """Splitting the batch across threads gives the whole batch's loss and gradients."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -160,3 +162,21 @@ def test_process_split_without_dev_shm(monkeypatch, tmp_path):
         assert list(tmp_path.iterdir()) == []            # unlinked once mapped
     with BatchSplitter(model, 2) as threads:
         assert threads.loss_and_grads(images, labels)[0] == loss
+
+
+def test_a_shared_file_left_by_a_killed_parent_is_removed_by_the_next_start(monkeypatch, tmp_path):
+    import subprocess
+    import sys
+    import tempfile
+
+    import tinyvit.parallel as P
+    monkeypatch.setattr(P.os.path, "isdir", lambda path: False)        # use tmp_path, not /dev/shm
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()                      # a pid that has ended
+    (tmp_path / f"tinyvit-split-{dead}.abc123").write_bytes(b"\0" * 64)
+    (tmp_path / f"tinyvit-split-{os.getpid()}.mine").write_bytes(b"")      # a live pid's: kept
+    model, rng = _model()
+    with P.ProcessSplitter(model, 2) as split:
+        split.loss_and_grads(rng.random((4, 8, 8, 2)), np.array([0, 1, 2, 0]))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"tinyvit-split-{os.getpid()}.mine"]

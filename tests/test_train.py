@@ -452,3 +452,17 @@ def test_huge_warmup_is_capped_not_overflowed(data):
 def test_bad_normalisation_is_refused_when_configured(normalize, match):
     with pytest.raises((ValueError, TypeError), match=match):
         TrainConfig(normalize=normalize)
+
+
+def test_augment_pad_beyond_the_image_is_refused(data):
+    train_ds, _ = data
+    with pytest.raises(ValueError, match=r"augment_pad: expected at most the image side 8 .*got 1000000000"):
+        train(tiny_model(), train_ds, None, TrainConfig(**{**FAST, "augment_pad": 10 ** 9}), progress=False)
+
+
+def test_evaluate_checks_the_confusion_matrix_fits_before_allocating(data, monkeypatch):
+    import tinyvit._files as files
+    _, val_ds = data
+    monkeypatch.setattr(files, "physical_memory_bytes", lambda: K * K * 8 - 1)   # one byte short
+    with pytest.raises(ValueError, match=f"model num_classes: {K} needs 128 bytes for the confusion matrix"):
+        evaluate(tiny_model(), val_ds)

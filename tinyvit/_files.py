@@ -78,27 +78,32 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temps(path) -> list[Path]:
-    """Remove temporary files left beside ``path`` by saves whose process has died.
-    Returns the paths removed."""
-    path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
-    prefix = f".{path.name}."
+def remove_dead_files(folder, prefix: str, suffix: str = "") -> list[Path]:
+    """Remove the files ``<prefix><pid>.<anything><suffix>`` in ``folder`` whose process
+    ``pid`` no longer runs (left behind by a process killed with SIGKILL). Returns them."""
+    folder = Path(folder)
     removed = []
     try:
         names = os.listdir(folder)
     except OSError:
         return removed
     for name in names:
-        if not (name.startswith(prefix) and name.endswith(TMP_SUFFIX)):
+        if not (name.startswith(prefix) and name.endswith(suffix)):
             continue
-        pid_text = name[len(prefix):-len(TMP_SUFFIX)].split(".", 1)[0]
+        pid_text = name[len(prefix):len(name) - len(suffix)].split(".", 1)[0]
         if not pid_text.isdigit() or int(pid_text) == os.getpid() or _pid_alive(int(pid_text)):
-            continue                                        # a save still running (or ours)
+            continue                                        # still in use (or ours)
         with contextlib.suppress(FileNotFoundError):
             os.remove(folder / name)
             removed.append(folder / name)
     return removed
+
+
+def remove_stale_temps(path) -> list[Path]:
+    """Remove temporary files left beside ``path`` by saves whose process has died."""
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    return remove_dead_files(folder, f".{path.name}.", TMP_SUFFIX)
 
 
 @contextlib.contextmanager
@@ -284,6 +289,8 @@ def open_image(path):
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"image: expected an image file, got the directory {path}")
     if not path.is_file():
         raise FileNotFoundError(f"image: file not found: {path}")
     limit = Image.MAX_IMAGE_PIXELS

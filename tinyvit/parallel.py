@@ -181,8 +181,12 @@ class ProcessSplitter:
         self.close()
         helpers = self.workers - 1
         layout, size = _layout(self.model.config, capacity, helpers)
+        from ._files import remove_dead_files
         folder = "/dev/shm" if os.path.isdir("/dev/shm") else None   # memory, not disk, on Linux
-        fd, path = tempfile.mkstemp(prefix="tinyvit-split-", dir=folder)
+        # the file is unlinked as soon as the helpers have mapped it; a parent killed before
+        # that leaves it behind, named with its pid, and the next start removes it
+        remove_dead_files(folder or tempfile.gettempdir(), "tinyvit-split-")
+        fd, path = tempfile.mkstemp(prefix=f"tinyvit-split-{os.getpid()}.", dir=folder)
         try:
             os.ftruncate(fd, size)
             self._map = mmap.mmap(fd, size)

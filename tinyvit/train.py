@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from ._checks import check_choice, check_float, check_int, check_normalize, describe
-from ._files import atomic_open
+from ._files import atomic_open, check_memory
 from .checkpoint import CheckpointError, config_mismatch, load_checkpoint, save_checkpoint
 from .datasets import Augment, BatchIterator, ImageDataset
 from .model import ViT
@@ -222,6 +222,7 @@ def evaluate(model: ViT, ds: ImageDataset, batch_size: int = 256, normalize=None
     if ds.num_classes > K:
         raise ValueError(f"ds: expected at most {K} classes (the model's num_classes), got {ds.num_classes}")
     batch_size = check_int("batch_size", batch_size, minimum=1)
+    check_memory("model num_classes", K, K * K * 8, "the confusion matrix")
     confusion = np.zeros((K, K), dtype=np.int64)
     total_loss = 0.0
     dtype = np.dtype(model.config.dtype)
@@ -376,6 +377,10 @@ def train(model: ViT, train_ds: ImageDataset, val_ds: ImageDataset | None = None
                              f"num_classes), got {ds.num_classes}")
     if len(train_ds) == 0:
         raise ValueError("train_ds: expected at least one image, got an empty dataset")
+
+    if cfg.augment_pad > max(H, W):
+        raise ValueError(f"augment_pad: expected at most the image side {max(H, W)} (a crop from "
+                         f"further out is all padding), got {cfg.augment_pad}")
 
     dtype = np.dtype(mcfg.dtype)
     augment = Augment(pad=cfg.augment_pad, flip=cfg.augment_flip) \
