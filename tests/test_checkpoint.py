@@ -195,10 +195,17 @@ def test_huge_depth_in_the_config_is_refused_before_building_anything(tmp_path, 
     calls = []
     monkeypatch.setattr(ckmod, "param_shapes", lambda cfg: calls.append(cfg) or {})
     with pytest.raises(CheckpointError, match="depth 1000000000, but the file holds parameters for 1 "
-                                              "blocks") as e:
+                                              "block") as e:
         load_checkpoint(tmp_path / "deep.npz")
     _one_line(e)
     assert calls == []                                   # no table of 10^9 blocks was built
+    # the same, with a parameter named for block 999999999 to match the config's depth
+    a["param/blocks.999999999.norm1.gamma"] = np.ones(8, np.float32)
+    np.savez(tmp_path / "deep.npz", **a)
+    with pytest.raises(CheckpointError, match="depth 1000000000, but the file holds parameters for 2 "
+                                              "blocks"):
+        load_checkpoint(tmp_path / "deep.npz")
+    assert calls == []
 
 
 def test_array_header_claiming_10_to_12_elements_is_refused_before_allocation(tmp_path, monkeypatch):

@@ -181,10 +181,10 @@ def _check_meta(meta: dict, config: ViTConfig, path) -> None:
 
 
 def _blocks_in(names) -> int:
-    """How many transformer blocks the parameter names of a file describe."""
-    found = [int(n.split(".")[1]) for n in names
-             if n.startswith("blocks.") and n.count(".") >= 2 and n.split(".")[1].isdigit()]
-    return max(found) + 1 if found else 0
+    """How many transformer blocks the parameter names of a file describe: the number of
+    distinct block indices (not the highest one, which a file could set to 10^9)."""
+    return len({n.split(".")[1] for n in names
+                if n.startswith("blocks.") and n.count(".") >= 2 and n.split(".")[1].isdigit()})
 
 
 def _check_shapes(npz: NpzReader, config: ViTConfig, path) -> None:
@@ -193,7 +193,7 @@ def _check_shapes(npz: NpzReader, config: ViTConfig, path) -> None:
     blocks = _blocks_in(params)
     if config.depth != blocks:                     # before param_shapes builds a table of depth rows
         raise CheckpointError(f"{path}: model config says depth {config.depth}, but the file holds "
-                              f"parameters for {blocks} blocks")
+                              f"parameters for {blocks} block{'' if blocks == 1 else 's'}")
     if config.pos_embed == "sincos":              # the model builds this table: nothing bounds it
         check_memory(f"{path}: model config", f"{config.num_tokens:,} tokens x {config.dim}",
                      config.num_tokens * config.dim * 8, "the fixed sin-cos position table")
