@@ -244,3 +244,10 @@ def test_a_damaged_dataset_spec_in_a_checkpoint_is_one_line(run, tmp_path, capsy
     for argv in (["eval", str(tmp_path / "ck.npz")], ["train", "--resume", str(tmp_path / "ck.npz"), "--quiet"]):
         err = _one_line_error(capsys, main(argv))
         assert word in err, err
+
+
+def test_an_output_folder_that_cannot_be_made_fails_before_training(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    err = _one_line_error(capsys, main(["train", *TINY, "--epochs", "1", "--out", str(tmp_path / "file" / "run"),
+                                        "--quiet"]))
+    assert "--out: expected a folder that can be created and written" in err and "file/run" in err

@@ -466,3 +466,20 @@ def test_evaluate_checks_the_confusion_matrix_fits_before_allocating(data, monke
     monkeypatch.setattr(files, "physical_memory_bytes", lambda: K * K * 8 - 1)   # one byte short
     with pytest.raises(ValueError, match=f"model num_classes: {K} needs 128 bytes for the confusion matrix"):
         evaluate(tiny_model(), val_ds)
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"state/batch": 7, "state/step": 7}, "batch 7: expected fewer than the 6 batches per epoch"),
+    ({"history": json.dumps({"steps": [1], "epochs": 3})}, "entry 'history': expected the layout training writes"),
+])
+def test_resume_from_a_damaged_training_state_is_one_clear_error(data, tmp_path, change, match):
+    train_ds, _ = data                                   # 6 steps per epoch
+    cfg = TrainConfig(**FAST)
+    train(tiny_model(), train_ds, None, cfg, out_dir=tmp_path, progress=False, max_steps=2)
+    with np.load(tmp_path / "checkpoint.npz", allow_pickle=False) as npz:
+        a = {k: npz[k] for k in npz.files}
+    a.update({k: np.array(v) for k, v in change.items()})
+    np.savez(tmp_path / "bad.npz", **a)
+    with pytest.raises(CheckpointError, match=match) as e:
+        train(tiny_model(), train_ds, None, cfg, resume_from=tmp_path / "bad.npz", progress=False)
+    assert "\n" not in str(e.value)

@@ -324,6 +324,13 @@ def cmd_train(args) -> int:
         tcfg = TrainConfig(**tdict)
         out = Path(args.out) if args.out else _default_out(key)
 
+    try:                                       # an unwritable --out fails now, not after an epoch
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CLIError(f"--out: expected a folder that can be created and written, got {out} "
+                       f"({e.strerror or e})") from None
+    if not os.access(out, os.W_OK):
+        raise CLIError(f"--out: expected a folder that can be written, got {out} (permission denied)")
     model = ViT(mcfg)
     quiet = args.quiet
     if not quiet:

@@ -422,6 +422,9 @@ def train(model: ViT, train_ds: ImageDataset, val_ds: ImageDataset | None = None
         if ck.history:
             history = _checked_history(ck.history, resume_from)
         meta = {**ck.meta, **meta}
+        if batch_done >= steps_per_epoch:
+            raise CheckpointError(f"{resume_from}: batch {batch_done}: expected fewer than the "
+                                  f"{steps_per_epoch} batches per epoch (another dataset?)")
         if step != epoch * steps_per_epoch + batch_done:
             raise CheckpointError(f"{resume_from}: step {step} does not match epoch {epoch}, batch "
                                   f"{batch_done} with {steps_per_epoch} batches per epoch (another dataset?)")
