@@ -35,7 +35,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from tinyvit._checks import check_array, check_choice, check_float, check_int, check_normalize, describe
-from tinyvit._files import atomic_open, check_memory, open_image
+from tinyvit._files import atomic_open, check_memory, format_bytes, open_image
 
 __all__ = [
     "ImageDataset", "make_shapes", "SHAPE_CLASSES", "DEFAULT_SHAPES",
@@ -322,19 +322,22 @@ def make_shapes(n: int = 10000, image_size: int = 32, seed: int = 0, *,
 
 # =========================================================== IDX (MNIST family)
 
-def _read_bytes(path: Path, what: str) -> bytes:
-    """All bytes of a small file, decompressing .gz; errors name the file."""
+def _read_bytes(path: Path, what: str, limit: int) -> bytes:
+    """All bytes of a small file, decompressing .gz; more than ``limit`` bytes (a gzip that
+    inflates without end) is an error, found after reading limit + 1 bytes. Errors name the file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what}: file not found: {path}")
     try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as f:
-                return f.read()
-        return path.read_bytes()
+        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
+            data = f.read(limit + 1)
     except (OSError, EOFError, zlib.error) as e:
         raise ValueError(f"{what}: could not read {path}: {e} "
                          "(the file is truncated or corrupt; delete it and download it again)") from e
+    if len(data) > limit:
+        raise ValueError(f"{path}: expected at most {format_bytes(limit)} of data, got more "
+                         "(not the file it should be?)")
+    return data
 
 
 def read_idx(path) -> np.ndarray:
@@ -462,6 +465,8 @@ def load_cifar10(root, split: str = "train") -> ImageDataset:
     if missing:
         raise FileNotFoundError(f"root: expected the CIFAR-10 binary files {missing} in {d}, not found")
     chunks = []
+    total = sum(p.stat().st_size for p in paths)
+    check_memory(str(d), f"{format_bytes(total)} of CIFAR-10 records", total * 5, "them as float32 images")
     for p in paths:
         raw = np.fromfile(p, dtype=np.uint8)
         if raw.size == 0 or raw.size % _CIFAR_RECORD:
@@ -487,6 +492,9 @@ def load_cifar10(root, split: str = "train") -> ImageDataset:
 
 # =========================================================== UCI 8x8 digits
 
+_DIGITS_MAX_BYTES = 64 << 20      # the real CSV holds about 0.5 MB; anything far larger is not it
+
+
 def load_uci_digits(path_or_root="data") -> ImageDataset:
     """The UCI 8x8 optical digits as shipped by scikit-learn (digits.csv.gz).
 
@@ -505,7 +513,7 @@ def load_uci_digits(path_or_root="data") -> ImageDataset:
                 break
         else:
             raise FileNotFoundError(f"path_or_root: expected digits.csv.gz in {p} or {p / 'uci-digits'}, not found")
-    text = _read_bytes(p, "path_or_root").decode("ascii", errors="replace")
+    text = _read_bytes(p, "path_or_root", _DIGITS_MAX_BYTES).decode("ascii", errors="replace")
     rows = [line for line in text.splitlines() if line.strip()]
     if not rows:
         raise ValueError(f"{p}: expected rows of 65 comma-separated integers, got an empty file")
