@@ -251,3 +251,13 @@ def test_an_output_folder_that_cannot_be_made_fails_before_training(tmp_path, ca
     err = _one_line_error(capsys, main(["train", *TINY, "--epochs", "1", "--out", str(tmp_path / "file" / "run"),
                                         "--quiet"]))
     assert "--out: expected a folder that can be created and written" in err and "file/run" in err
+
+
+def test_a_checkpoint_with_a_damaged_marker_gets_the_checkpoint_loaders_message(run, tmp_path, capsys):
+    with np.load(run / "checkpoint.npz", allow_pickle=False) as npz:
+        a = {k: npz[k] for k in npz.files}
+    a["format"] = np.zeros(3)
+    np.savez(tmp_path / "ck.npz", **a)
+    Image.new("RGB", (8, 8)).save(tmp_path / "img.png")
+    err = _one_line_error(capsys, main(["predict", str(tmp_path / "ck.npz"), str(tmp_path / "img.png")]))
+    assert "ck.npz: entry 'format': expected a 0-d string, got float64 (3,)" in err, err
