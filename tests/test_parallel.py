@@ -180,3 +180,24 @@ def test_a_shared_file_left_by_a_killed_parent_is_removed_by_the_next_start(monk
     with P.ProcessSplitter(model, 2) as split:
         split.loss_and_grads(rng.random((4, 8, 8, 2)), np.array([0, 1, 2, 0]))
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"tinyvit-split-{os.getpid()}.mine"]
+
+
+def test_no_room_for_the_shared_file_is_one_clear_error(monkeypatch, tmp_path):
+    import errno
+    import tempfile
+
+    import tinyvit.parallel as P
+    monkeypatch.setattr(P.os.path, "isdir", lambda path: False)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(P.os, "posix_fallocate", full, raising=False)
+    model, rng = _model()
+    with P.ProcessSplitter(model, 2) as split:
+        with pytest.raises(OSError, match=r"ProcessSplitter: expected room for a [0-9.]+ KB shared file, "
+                                          r"got none \(.*No space left on device\); free some space or "
+                                          r"train with --workers 1"):
+            split.loss_and_grads(rng.random((4, 8, 8, 2)), np.array([0, 1, 2, 0]))
+    assert list(tmp_path.iterdir()) == []                # nothing left behind

@@ -147,6 +147,34 @@ def _layout(cfg, capacity: int, helpers: int):
     return entries, max(offset, 64)
 
 
+def _shared_file(size: int):
+    """(fd, path) of a new file of ``size`` bytes for the shared arrays: in /dev/shm (memory,
+    not disk, on Linux), else the temporary directory. The space is reserved up front, so a
+    full file system is an OSError here, not a SIGBUS when the mapping is first written.
+    The file is named with this process's pid and unlinked once the helpers have mapped it;
+    a parent killed before that leaves it behind, and the next start removes it."""
+    import tempfile
+
+    from ._files import format_bytes, remove_dead_files
+    folders = (["/dev/shm"] if os.path.isdir("/dev/shm") else []) + [tempfile.gettempdir()]
+    errors = []
+    for folder in folders:
+        remove_dead_files(folder, "tinyvit-split-")
+        fd, path = tempfile.mkstemp(prefix=f"tinyvit-split-{os.getpid()}.", dir=folder)
+        try:
+            if hasattr(os, "posix_fallocate"):
+                os.posix_fallocate(fd, 0, size)
+            else:                                        # pragma: no cover - macOS, Windows
+                os.ftruncate(fd, size)
+            return fd, path
+        except OSError as e:
+            os.close(fd)
+            os.unlink(path)
+            errors.append(f"{folder}: {e.strerror or e}")
+    raise OSError(f"ProcessSplitter: expected room for a {format_bytes(size)} shared file, got "
+                  f"none ({'; '.join(errors)}); free some space or train with --workers 1")
+
+
 def _views(buf, layout) -> dict:
     return {key: np.ndarray(shape, dtype=dt, buffer=buf, offset=off)
             for key, (off, shape, dt) in layout.items()}
@@ -175,20 +203,13 @@ class ProcessSplitter:
     def _start(self, capacity: int) -> None:
         import mmap
         import subprocess
-        import tempfile
 
         from ._env import THREAD_VARS, tuned_env
         self.close()
         helpers = self.workers - 1
         layout, size = _layout(self.model.config, capacity, helpers)
-        from ._files import remove_dead_files
-        folder = "/dev/shm" if os.path.isdir("/dev/shm") else None   # memory, not disk, on Linux
-        # the file is unlinked as soon as the helpers have mapped it; a parent killed before
-        # that leaves it behind, named with its pid, and the next start removes it
-        remove_dead_files(folder or tempfile.gettempdir(), "tinyvit-split-")
-        fd, path = tempfile.mkstemp(prefix=f"tinyvit-split-{os.getpid()}.", dir=folder)
+        fd, path = _shared_file(size)
         try:
-            os.ftruncate(fd, size)
             self._map = mmap.mmap(fd, size)
         finally:
             os.close(fd)
