@@ -287,10 +287,9 @@ def load_checkpoint(path) -> Checkpoint:
     except NpzError as e:
         raise CheckpointError(str(e)) from e
     try:
-        ViT(ckpt.model_config, params=ckpt.params)          # values: dtypes, finite
+        ViT(ckpt.model_config, params=ckpt.params)          # shapes checked above; now the values
     except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: parameters do not match the stored model config: "
-                              f"{' '.join(str(e).split())}") from e
+        raise CheckpointError(f"{path}: parameter values rejected: {' '.join(str(e).split())}") from e
     return ckpt
 
 
