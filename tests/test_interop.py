@@ -754,3 +754,10 @@ def test_any_damage_to_a_google_or_timm_file_is_a_clear_error(tmp_path, layout):
             assert str(e).strip(), e
             refused += 1
     assert refused > 150
+
+
+def test_an_image_size_whose_position_table_cannot_fit_is_refused(tmp_path):
+    save_timm(random_model(CONFIGS[0]), tmp_path / "t.npz")          # patch 4
+    with pytest.raises(ValueError, match=r"^image_size: 10000000x10000000 patches needs .* for the "
+                                         r"resampled position embeddings; expected at most"):
+        load_model(tmp_path / "t.npz", image_size=4 * 10 ** 7, heads=4)

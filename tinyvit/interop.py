@@ -386,6 +386,8 @@ def _positions(pos, src, grid, pos_embed, dim, fmt, notes, resample=None):
                              f"to {err:.3g}; load it with pos_embed='learned'")
         return None
     if src != tuple(grid):
+        check_memory("image_size", f"{grid[0]}x{grid[1]} patches", grid[0] * grid[1] * dim * 8 * 3,
+                     "the resampled position embeddings")
         resample = resample or DEFAULT_RESAMPLE
         how = "bilinearly" if resample == "bilinear" else "bicubically with antialiasing"
         notes.append(f"position embeddings resampled {how} from a {src[0]}x{src[1]} grid "
