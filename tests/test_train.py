@@ -483,3 +483,16 @@ def test_resume_from_a_damaged_training_state_is_one_clear_error(data, tmp_path,
     with pytest.raises(CheckpointError, match=match) as e:
         train(tiny_model(), train_ds, None, cfg, resume_from=tmp_path / "bad.npz", progress=False)
     assert "\n" not in str(e.value)
+
+
+def test_checkpoint_and_history_files_get_the_modes_the_umask_gives(data, tmp_path):
+    import os
+    train_ds, _ = data
+    old = os.umask(0o027)
+    try:
+        train(tiny_model(), train_ds, None, TrainConfig(**{**FAST, "epochs": 1}), out_dir=tmp_path,
+              progress=False)
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
+    assert modes == {n: 0o640 for n in ("checkpoint.npz", "history.json", "history.csv", "steps.csv")}
