@@ -37,3 +37,29 @@ def _block_network(monkeypatch):
         return real(url, *args, **kwargs)
 
     monkeypatch.setattr(urllib.request, "urlopen", guarded)
+
+
+def forge_npz_member(path, name, shape, dtype="<f4", data=b"\0" * 16):
+    """Rewrite member ``name`` of the .npz at ``path`` with a header claiming ``shape`` over
+    ``data`` (a few bytes): a hostile or corrupt file that np.load would allocate in full."""
+    import io
+    import zipfile
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": dtype, "fortran_order": False, "shape": shape})
+    with zipfile.ZipFile(path) as z:
+        members = {i.filename: z.read(i) for i in z.infolist()}
+    members[name + ".npy"] = buf.getvalue() + data
+    with zipfile.ZipFile(path, "w") as z:
+        for k, v in members.items():
+            z.writestr(k, v)
+
+
+class AllocationSpy:
+    """Records the shapes np.empty is asked for (the safe .npz reader allocates with it)."""
+
+    def __init__(self, monkeypatch):
+        self.shapes, real = [], np.empty
+        monkeypatch.setattr(np, "empty", lambda s, *a, **k: self.shapes.append(s) or real(s, *a, **k))
+
+    def largest(self) -> int:
+        return max((int(np.prod(s)) for s in self.shapes), default=0)

@@ -175,3 +175,89 @@ def test_help_and_python_dash_m(capsys):
     assert proc.returncode == 0
     for cmd in ("train", "eval", "predict", "attention", "demo"):
         assert cmd in proc.stdout
+
+
+# --------------------------------------------------------------------------- hostile inputs
+
+@pytest.mark.parametrize("command", ["predict", "attention", "eval"])
+def test_truncated_empty_json_and_png_checkpoints_are_one_line(run, tmp_path, capsys, command):
+    good = (run / "checkpoint.npz").read_bytes()
+    Image.new("RGB", (8, 8)).save(tmp_path / "img.png")
+    files = {"cut.npz": (good[:len(good) // 2], "damaged zip archive"), "empty.npz": (b"", "empty file"),
+             "ck.json": (b'{"model": 1}', "JSON"), "ck.png": ((tmp_path / "img.png").read_bytes(), "PNG")}
+    for name, (data, what) in files.items():
+        (tmp_path / name).write_bytes(data)
+        extra = [] if command == "eval" else [str(tmp_path / "img.png")]
+        if command == "attention":
+            extra += ["--out", str(tmp_path / "att")]
+        err = _one_line_error(capsys, main([command, str(tmp_path / name), *extra]))
+        assert name in err and what in err and "allow_pickle" not in err, err
+
+
+def test_class_names_fewer_than_classes_fail_at_load_not_in_eval(run, tmp_path, capsys):
+    with np.load(run / "checkpoint.npz", allow_pickle=False) as npz:
+        a = {k: npz[k] for k in npz.files}
+    meta = json.loads(str(a["meta"][()]))
+    meta["class_names"] = meta["class_names"][:2]
+    a["meta"] = np.array(json.dumps(meta))
+    np.savez(tmp_path / "few.npz", **a)
+    Image.new("RGB", (8, 8)).save(tmp_path / "img.png")
+    for argv in (["eval", str(tmp_path / "few.npz")], ["predict", str(tmp_path / "few.npz"), str(tmp_path / "img.png")]):
+        err = _one_line_error(capsys, main(argv))
+        assert f"meta 'class_names': expected {len(a['param/head.b'])} names (the model's num_classes), got 2" in err
+
+
+@pytest.mark.parametrize("command", ["predict", "attention"])
+def test_an_image_claiming_60000x60000_pixels_is_one_line(run, tmp_path, capsys, command):
+    from test_datasets import _png_header_only
+    bomb = _png_header_only(tmp_path / "bomb.png", 60000, 60000)
+    extra = ["--out", str(tmp_path / "att")] if command == "attention" else []
+    err = _one_line_error(capsys, main([command, str(run), str(bomb), *extra]))
+    assert "bomb.png: expected an image of at most" in err and "3,600,000,000 pixels" in err
+
+
+def test_training_options_that_cannot_work_are_one_line(tmp_path, capsys):
+    out = ["--out", str(tmp_path / "r"), "--quiet"]
+    err = _one_line_error(capsys, main(["train", "--image-size", "1", *out]))
+    assert err.endswith("--image-size: expected at least 8 for the shapes data, got 1")
+    err = _one_line_error(capsys, main(["train", "--image-size", "100000", *out]))
+    assert "--n-train, --image-size: 20,000 + 2,000 images of 100000x100000 needs" in err
+    assert "expected at most this machine's" in err
+    err = _one_line_error(capsys, main(["train", "--n-train", str(10 ** 12), *out]))
+    assert "1,000,000,000,000 + 2,000 images of 32x32 needs" in err
+    err = _one_line_error(capsys, main(["train", "--dim", "1000000", "--heads", "1", *out]))
+    assert "--dim, --depth: a model of" in err
+    assert not (tmp_path / "r").exists()                   # nothing written, nothing allocated
+
+
+@pytest.mark.parametrize("spec, word", [({"name": 5}, "dataset: expected a dataset name, got int 5"),
+                                        ({"name": "shapes", "data_dir": 3}, "data_dir: expected a folder"),
+                                        ({"name": "shapes", "n_train": "many"}, "n_train"),
+                                        ({"name": "imagenet"}, "name: expected one of")])
+def test_a_damaged_dataset_spec_in_a_checkpoint_is_one_line(run, tmp_path, capsys, spec, word):
+    with np.load(run / "checkpoint.npz", allow_pickle=False) as npz:
+        a = {k: npz[k] for k in npz.files}
+    meta = json.loads(str(a["meta"][()]))
+    meta["dataset"] = spec
+    a["meta"] = np.array(json.dumps(meta))
+    np.savez(tmp_path / "ck.npz", **a)
+    for argv in (["eval", str(tmp_path / "ck.npz")], ["train", "--resume", str(tmp_path / "ck.npz"), "--quiet"]):
+        err = _one_line_error(capsys, main(argv))
+        assert word in err, err
+
+
+def test_an_output_folder_that_cannot_be_made_fails_before_training(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    err = _one_line_error(capsys, main(["train", *TINY, "--epochs", "1", "--out", str(tmp_path / "file" / "run"),
+                                        "--quiet"]))
+    assert "--out: expected a folder that can be created and written" in err and "file/run" in err
+
+
+def test_a_checkpoint_with_a_damaged_marker_gets_the_checkpoint_loaders_message(run, tmp_path, capsys):
+    with np.load(run / "checkpoint.npz", allow_pickle=False) as npz:
+        a = {k: npz[k] for k in npz.files}
+    a["format"] = np.zeros(3)
+    np.savez(tmp_path / "ck.npz", **a)
+    Image.new("RGB", (8, 8)).save(tmp_path / "img.png")
+    err = _one_line_error(capsys, main(["predict", str(tmp_path / "ck.npz"), str(tmp_path / "img.png")]))
+    assert "ck.npz: entry 'format': expected a 0-d string, got float64 (3,)" in err, err

@@ -16,6 +16,7 @@ import struct
 import tarfile
 import urllib.error
 import urllib.request
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -793,3 +794,107 @@ def test_the_suite_cannot_reach_the_network():
     """conftest.py blocks every non-file URL, so a loader that forgot a local file fails loudly."""
     with pytest.raises(AssertionError, match="tried to reach the network: https://example.invalid/x"):
         urllib.request.urlopen("https://example.invalid/x")
+
+
+# =========================================================== hostile inputs
+
+def _png_header_only(path, width, height):
+    """A PNG whose IHDR claims width x height, followed by a tiny (wrong) IDAT: Pillow reads
+    the size from the header alone."""
+    import struct
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def test_read_idx_dimensions_whose_product_wraps_int64_are_refused(tmp_path):
+    # 65536^4 = 2^64: np.prod in int64 gives 0, which an empty payload would "match"
+    header = bytes([0, 0, 8, 4]) + (65536).to_bytes(4, "big") * 4
+    for name, data in (("wrap", header), ("wrap.gz", gzip.compress(header))):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(ValueError, match=r"18446744073709551616|\(65536, 65536, 65536, 65536\)") as e:
+            read_idx(tmp_path / name)
+        assert name in str(e.value) and "\n" not in str(e.value)
+
+
+def test_read_idx_reads_the_gzip_header_before_decompressing_the_rest(tmp_path, monkeypatch):
+    # a bad header at the front of a large gzip is reported after reading a few bytes
+    p = tmp_path / "big.gz"
+    p.write_bytes(gzip.compress(bytes([1, 2, 8, 3]) + b"\0" * 5_000_000))
+    read_sizes = []
+    real_read = gzip.GzipFile.read
+    monkeypatch.setattr(gzip.GzipFile, "read", lambda self, n=-1: read_sizes.append(n) or real_read(self, n))
+    with pytest.raises(ValueError, match="magic"):
+        read_idx(p)
+    assert read_sizes and all(0 <= n <= 16 for n in read_sizes)
+
+
+def test_an_image_whose_header_claims_60000x60000_is_one_clear_error(tmp_path):
+    from tinyvit.datasets import load_image_folder
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    Image.new("RGB", (4, 4)).save(tmp_path / "b" / "ok.png")
+    _png_header_only(tmp_path / "a" / "bomb.png", 60000, 60000)
+    with pytest.raises(ValueError, match=r"bomb.png: expected an image of at most [0-9,]+ pixels "
+                                         r"\(Pillow's MAX_IMAGE_PIXELS\), got 3,600,000,000 pixels") as e:
+        load_image_folder(tmp_path, image_size=8)
+    assert "\n" not in str(e.value)
+    # just above Pillow's limit (where Pillow only warns): refused the same way
+    side = int((Image.MAX_IMAGE_PIXELS + 1) ** 0.5) + 1
+    _png_header_only(tmp_path / "a" / "bomb.png", side, side)
+    with pytest.raises(ValueError, match=f"got {side * side:,} pixels"):
+        load_image_folder(tmp_path, image_size=8)
+
+
+def test_sizes_that_would_exhaust_memory_are_refused_before_allocating():
+    with pytest.raises(ValueError, match=r"^n: 1000000000000 needs .* for 1000000000000 images of 32x32 "
+                                         r"with their masks; expected at most this machine's"):
+        make_shapes(10 ** 12, 32)
+    with pytest.raises(ValueError, match=r"^image_size: 100000 needs .*supersampling; expected at most"):
+        make_shapes(10, 100000)
+
+
+def test_bad_normalisation_for_batches_names_the_part():
+    ds = make_shapes(8, 8)
+    for normalize, word in (((0.5, 0.0), "std: expected numbers > 0"), ((0.5, "x"), "std: expected a number"),
+                            ((float("inf"), 1.0), "mean: expected finite")):
+        with pytest.raises((ValueError, TypeError), match=word):
+            BatchIterator(ds, 4, normalize=normalize)
+
+
+@pytest.mark.parametrize("fmt", ["TIFF", "PNG", "JPEG"])
+def test_damaged_images_give_one_error_and_no_pillow_warnings(tmp_path, fmt):
+    import warnings
+    from tinyvit.datasets import read_image
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(buf, fmt)
+    data, rng = buf.getvalue(), np.random.default_rng(1)
+    path = tmp_path / f"im.{fmt.lower()}"
+    refused = 0
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        for it in range(120):
+            d = bytearray(data)
+            if it % 2:
+                d = d[:rng.integers(0, len(d))]
+            else:
+                for _ in range(rng.integers(1, 6)):
+                    d[rng.integers(0, len(d))] = rng.integers(0, 256)
+            path.write_bytes(bytes(d))
+            try:
+                read_image(path, (8, 8), 3)
+            except ValueError as e:
+                assert path.name in str(e) and "\n" not in str(e)
+                refused += 1
+    assert refused > 30 and [str(w.message) for w in seen] == []
+
+
+def test_a_digits_csv_that_inflates_without_end_is_refused_after_the_limit(tmp_path, monkeypatch):
+    monkeypatch.setattr(D, "_DIGITS_MAX_BYTES", 1000)
+    (tmp_path / "digits.csv.gz").write_bytes(gzip.compress(b"0," * 5000))
+    with pytest.raises(ValueError, match=r"digits.csv.gz: expected at most 1 KB of data, got more"):
+        load_uci_digits(tmp_path)

@@ -18,8 +18,10 @@ from tinyvit import ViT, ViTConfig
 from tinyvit.imagenet import (imagenet_class_names, imagenet_preprocess_info, preprocess_imagenet,
                               preprocess_kwargs, top_k)
 from tinyvit.interop import (detect_format, google_arrays, load_google_vit, load_model, load_timm,
-                             resample_pos_embed, resize_bilinear, save_google_vit, save_timm,
+                             resample_pos_embed, resize_bicubic, resize_bilinear, save_google_vit, save_timm,
                              timm_arrays)
+
+from conftest import AllocationSpy, forge_npz_member
 
 CONFIGS = [
     dict(image_size=16, patch_size=4, dim=16, depth=2, heads=4, mlp_dim=32, num_classes=5,
@@ -329,14 +331,29 @@ def test_timm_strictness_and_fc_norm(tmp_path):
     with pytest.raises(ValueError) as e:
         load_timm(a, heads=4)
     msg = str(e.value)
-    for k in ("blocks.1.mlp.fc2.bias", "reg_token", "blocks.0.ls1.gamma",
+    # one ls1.gamma makes it a LayerScale file, so the other LayerScale vectors are missing
+    for k in ("blocks.1.mlp.fc2.bias", "reg_token", "blocks.0.ls2.gamma",
               "head.weight: expected shape (5, 16), got (16, 5)"):
         assert k in msg, k
-    # timm's default mean-pool model: average, then fc_norm -- a different function
+    # fc_norm (the final norm after pooling; timm's `norm` is then an identity, absent)
     a = {k: v for k, v in t.items() if not k.startswith("norm.")}
     a["fc_norm.weight"], a["fc_norm.bias"] = t["norm.weight"], t["norm.bias"]
+    # ... with mean pooling: average, then normalise -- a different function, refused
     with pytest.raises(ValueError, match="LN\\(mean\\(x\\)\\) != mean\\(LN\\(x\\)\\)"):
+        load_timm(a, heads=4, pool="mean")
+    # ... with CLS pooling: LN(x[:, 0]) is (LN(x))[:, 0], so it loads as the final norm
+    m, info = load_model_from_arrays(tmp_path, a, heads=4, dtype=model.config.dtype)
+    x = images_for(model.config)
+    np.testing.assert_array_equal(m(x), model(x))
+    assert any("fc_norm read as the final norm" in n for n in info["notes"])
+    a["norm.weight"], a["norm.bias"] = t["norm.weight"], t["norm.bias"]
+    with pytest.raises(ValueError, match="expected one final norm"):
         load_timm(a, heads=4)
+
+
+def load_model_from_arrays(tmp_path, arrays, **kw):
+    np.savez(tmp_path / "file.npz", **arrays)
+    return load_model(tmp_path / "file.npz", **kw)
 
 
 def test_timm_heads_from_standard_width_or_asked_for():
@@ -357,7 +374,7 @@ def test_files_are_read_without_pickle(tmp_path):
         load_google_vit(bad)
     single = tmp_path / "one.npy"
     np.save(single, np.zeros(3))
-    with pytest.raises(ValueError, match="single array"):
+    with pytest.raises(ValueError, match="single .npy array"):
         load_google_vit(single)
     with pytest.raises(TypeError, match="floating-point"):
         load_google_vit({**hand_built_google(), "cls": np.zeros((1, 1, D), dtype=np.int64)})
@@ -417,9 +434,13 @@ def test_loading_at_another_image_size_resamples_positions(tmp_path):
     assert big.config.grid == (6, 6) and big.params["pos_embed"].shape == (1, 37, 16)
     pos = model.params["pos_embed"]
     np.testing.assert_array_equal(big.params["pos_embed"][:, 0], pos[:, 0])     # CLS kept
-    expect = resize_bilinear(pos[0, 1:].reshape(4, 4, 16), (6, 6)).reshape(1, 36, 16)
+    expect = resize_bicubic(pos[0, 1:].reshape(4, 4, 16), (6, 6)).reshape(1, 36, 16)   # the default
     np.testing.assert_allclose(big.params["pos_embed"][:, 1:], expect, atol=1e-15)
     np.testing.assert_array_equal(resample_pos_embed(pos, (6, 6)), big.params["pos_embed"])
+    lin = load_google_vit(path, image_size=24, dtype="float64", resample="bilinear")
+    expect = resize_bilinear(pos[0, 1:].reshape(4, 4, 16), (6, 6)).reshape(1, 36, 16)
+    np.testing.assert_allclose(lin.params["pos_embed"][:, 1:], expect, atol=1e-15)
+    assert np.abs(lin.params["pos_embed"] - big.params["pos_embed"]).max() > 1e-3   # they differ
     for k in model.params:                                             # nothing else changes
         if k != "pos_embed":
             np.testing.assert_array_equal(big.params[k], model.params[k])
@@ -552,3 +573,192 @@ def test_top_k_and_preprocess_kwargs():
     assert len(best) == 5 and best[0][2] > best[1][2] > best[2][2]
     kw = preprocess_kwargs({"preprocess": imagenet_preprocess_info((32, 48))})
     assert kw == {"image_size": (32, 48), "crop_pct": 0.9, "mean": (0.5,) * 3, "std": (0.5,) * 3}
+
+
+# --------------------------------------------------------------------------- bicubic resampling
+def test_bicubic_resize_hand_computed():
+    # 2 -> 4 samples: output 0 sits at input coordinate 0.25 (half-pixel centres); Keys'
+    # kernel (a = -0.5) gives inputs 0 and 1 the weights k(0.25) = 111/128 and
+    # k(1.25) = -9/128, divided by their sum 102/128: 111/102 and -3/34
+    row = np.array([0.0, 1.0]).reshape(1, 2, 1)
+    out = resize_bicubic(row, (1, 4))[0, :, 0]
+    assert out[0] == pytest.approx(-3 / 34, abs=1e-15) and out[3] == pytest.approx(1 + 3 / 34, abs=1e-15)
+    np.testing.assert_allclose(out[1] + out[2], 1.0, atol=1e-15)          # symmetric about the middle
+    x = np.full((5, 7, 3), 2.5)                                          # rows sum to one: constants stay
+    for size in ((9, 4), (2, 13), (5, 7)):
+        np.testing.assert_allclose(resize_bicubic(x, size), 2.5, atol=1e-14)
+    # shrinking by 2 averages: the stretched kernel spans 8 inputs, not the 4 of plain bicubic
+    spike = np.zeros((1, 16, 1))
+    spike[0, 5, 0] = 1.0
+    assert np.count_nonzero(np.abs(resize_bicubic(spike, (1, 8))[0, :, 0]) > 1e-12) == 4
+
+
+@pytest.mark.parametrize("h, w, h2, w2", [(4, 4, 6, 6), (14, 14, 24, 24), (24, 24, 14, 14),
+                                          (7, 5, 3, 11), (2, 2, 1, 1), (12, 12, 37, 5)])
+def test_bicubic_resize_matches_torch_antialiased(h, w, h2, w2):
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    x = np.random.default_rng(h * 100 + w2).standard_normal((h, w, 5))
+    ref = F.interpolate(torch.from_numpy(x).permute(2, 0, 1)[None], size=(h2, w2), mode="bicubic",
+                        align_corners=False, antialias=True)[0].permute(1, 2, 0).numpy()
+    np.testing.assert_allclose(resize_bicubic(x, (h2, w2)), ref, rtol=0, atol=1e-12)
+
+
+def test_timm_resample_abs_pos_embed_is_the_default(tmp_path):
+    """timm's resample_abs_pos_embed, written with torch: CLS kept, patches bicubic+antialias."""
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    model = random_model(CONFIGS[0])                                    # 4x4 grid
+    save_timm(model, tmp_path / "t.npz")
+    big = load_timm(tmp_path / "t.npz", image_size=28, heads=4, dtype="float64")   # 7x7
+    pos = torch.from_numpy(model.params["pos_embed"])
+    grid = pos[:, 1:].reshape(1, 4, 4, 16).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, size=(7, 7), mode="bicubic", antialias=True, align_corners=False)
+    ref = torch.cat([pos[:, :1], grid.permute(0, 2, 3, 1).reshape(1, 49, 16)], dim=1).numpy()
+    np.testing.assert_allclose(big.params["pos_embed"], ref, rtol=0, atol=1e-12)
+
+
+# --------------------------------------------------------------------------- hostile files
+def _one_line(e):
+    msg = str(e.value)
+    assert "\n" not in msg and len(msg) < 500, msg
+    return msg
+
+
+@pytest.mark.parametrize("key, shape, expect", [
+    ("head/bias", (), r"head/bias: expected shape \(K,\) with every size >= 1, got \(\)"),
+    ("Transformer/encoderblock_0/MultiHeadDotProductAttention_1/query/kernel", (16, 0, 4),
+     r"query/kernel: expected shape \(D, h, d\) with every size >= 1, got \(16, 0, 4\)"),
+    ("embedding/kernel", (4, 4, 3), r"embedding/kernel: expected shape \(P, P, C, D\)"),
+    ("Transformer/posembed_input/pos_embedding", (17, 16), r"pos_embedding: expected shape \(1, T, D\)"),
+])
+def test_google_arrays_of_the_wrong_rank_fail_before_inference(key, shape, expect):
+    a = google_arrays(random_model(CONFIGS[0]))
+    a[key] = np.zeros(shape)
+    with pytest.raises(ValueError, match=expect) as e:
+        load_google_vit(a)
+    _one_line(e)
+
+
+@pytest.mark.parametrize("key, shape, expect", [
+    ("blocks.0.mlp.fc1.bias", (), r"fc1.bias: expected shape \(M,\) with every size >= 1, got \(\)"),
+    ("head.bias", (0,), r"head.bias: expected shape \(K,\) with every size >= 1, got \(0,\)"),
+    ("patch_embed.proj.weight", (16, 3, 4), r"patch_embed.proj.weight: expected shape \(D, C, P, P\)"),
+])
+def test_timm_arrays_of_the_wrong_rank_fail_before_inference(key, shape, expect):
+    a = timm_arrays(random_model(CONFIGS[0]))
+    a[key] = np.zeros(shape)
+    with pytest.raises(ValueError, match=expect) as e:
+        load_timm(a, heads=4)
+    _one_line(e)
+
+
+def test_a_block_index_of_a_billion_is_refused_without_building_a_table():
+    a = timm_arrays(random_model(CONFIGS[0]))
+    a["blocks.999999999.norm1.weight"] = np.zeros(16)
+    with pytest.raises(ValueError, match=r"expected block numbers below the \d+ arrays in the file, "
+                                         r"got blocks.999999999"):
+        load_timm(a, heads=4)
+
+
+@pytest.mark.parametrize("layout", ["google", "timm"])
+def test_a_header_claiming_10_to_12_elements_is_refused_before_allocation(tmp_path, layout, monkeypatch):
+    model = random_model(CONFIGS[0])
+    path = tmp_path / f"{layout}.npz"
+    (save_google_vit if layout == "google" else save_timm)(model, path)
+    forge_npz_member(path, "head/kernel" if layout == "google" else "head.weight", (10 ** 6, 10 ** 6),
+                     dtype="<f8", data=b"\0" * 64)
+    spy = AllocationSpy(monkeypatch)
+    with pytest.raises(ValueError, match=r"header says shape \(1000000, 1000000\) of float64 \(8 TB\), "
+                                         r"the member holds 64 bytes") as e:
+        load_model(path, heads=4)
+    _one_line(e)
+    assert spy.largest() < 10 ** 6
+
+
+@pytest.mark.parametrize("content, what", [(b"", "an empty file"), (b"PK\x03\x04 cut", "a damaged zip"),
+                                           (b'{"weights": []}', "a JSON")])
+def test_load_model_on_files_that_are_not_npz_is_one_line(tmp_path, content, what):
+    (tmp_path / "m.npz").write_bytes(content)
+    with pytest.raises(ValueError, match=f"m.npz: expected an .npz archive.*got {what}") as e:
+        load_model(tmp_path / "m.npz")
+    _one_line(e)
+
+
+# --------------------------------------------------------------------------- LayerScale
+def _has_layer_scale():
+    import dataclasses
+    return "layer_scale" in {f.name for f in dataclasses.fields(ViTConfig)}
+
+
+def test_layer_scale_round_trips_through_the_timm_layout(tmp_path):
+    if not _has_layer_scale():
+        pytest.skip("ViTConfig has no layer_scale field yet (the model side of LayerScale is the lead's)")
+    model = random_model(dict(CONFIGS[0], layer_scale=0.1))
+    assert "blocks.1.ls2.gamma" in model.params
+    t = timm_arrays(model)
+    for i in range(2):
+        np.testing.assert_array_equal(t[f"blocks.{i}.ls1.gamma"], model.params[f"blocks.{i}.ls1.gamma"])
+        np.testing.assert_array_equal(t[f"blocks.{i}.ls2.gamma"], model.params[f"blocks.{i}.ls2.gamma"])
+    save_timm(model, tmp_path / "ls.npz")
+    back, info = load_model(tmp_path / "ls.npz", heads=4, dtype="float64")
+    assert back.config.layer_scale is not None and any("LayerScale" in n for n in info["notes"])
+    for k in model.params:
+        np.testing.assert_array_equal(back.params[k], model.params[k], err_msg=k)
+    x = images_for(model.config)
+    np.testing.assert_array_equal(back(x), model(x))
+    with pytest.raises(ValueError, match="Google ViT layout has no LayerScale"):
+        save_google_vit(model, tmp_path / "g.npz")
+    t.pop("blocks.1.ls2.gamma")                             # all blocks or none
+    with pytest.raises(ValueError, match="missing keys.*blocks.1.ls2.gamma"):
+        load_timm(t, heads=4)
+
+
+def test_layer_scale_keys_without_model_support_say_so():
+    if _has_layer_scale():
+        pytest.skip("ViTConfig has layer_scale: covered by the round trip")
+    a = timm_arrays(random_model(CONFIGS[0]))
+    a["blocks.0.ls1.gamma"] = a["blocks.0.ls2.gamma"] = np.ones(16)
+    with pytest.raises(ValueError, match="LayerScale, which this tinyvit's ViTConfig does not have"):
+        load_timm(a, heads=4)
+
+
+# --------------------------------------------------------------------------- crop_pct at 384
+def test_384_pixel_models_are_preprocessed_with_crop_pct_one(tmp_path):
+    from PIL import Image
+    model = random_model(dict(image_size=384, patch_size=96, dim=8, depth=1, heads=2, mlp_dim=8,
+                              num_classes=3, dtype="float32"))
+    save_google_vit(model, tmp_path / "g384.npz")
+    _, info = load_model(tmp_path / "g384.npz")
+    assert info["preprocess"]["crop_pct"] == 1.0 and info["preprocess"]["resize"] == 384
+    assert imagenet_preprocess_info(224)["crop_pct"] == 0.9 and imagenet_preprocess_info(224)["resize"] == 248
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (400, 500, 3), dtype=np.uint8))
+    x = preprocess_imagenet(img, image_size=384)
+    np.testing.assert_array_equal(x, preprocess_imagenet(img, image_size=384, crop_pct=1.0))
+    assert np.abs(x - preprocess_imagenet(img, image_size=384, crop_pct=0.9)).max() > 0.5
+
+
+@pytest.mark.parametrize("layout", ["google", "timm"])
+def test_any_damage_to_a_google_or_timm_file_is_a_clear_error(tmp_path, layout):
+    """Beyond the listed cases: a damaged file loads (a flipped bit in a weight) or raises
+    ValueError/TypeError naming what is wrong -- never another exception."""
+    from test_checkpoint import _corruptions
+    model = random_model(CONFIGS[0])
+    path = tmp_path / "m.npz"
+    (save_google_vit if layout == "google" else save_timm)(model, path)
+    refused = 0
+    for damaged in _corruptions(path.read_bytes(), 240, seed=1):
+        (tmp_path / "bad.npz").write_bytes(damaged)
+        try:
+            load_model(tmp_path / "bad.npz", heads=4)
+        except (ValueError, TypeError) as e:
+            assert str(e).strip(), e
+            refused += 1
+    assert refused > 150
+
+
+def test_an_image_size_whose_position_table_cannot_fit_is_refused(tmp_path):
+    save_timm(random_model(CONFIGS[0]), tmp_path / "t.npz")          # patch 4
+    with pytest.raises(ValueError, match=r"^image_size: 10000000x10000000 patches needs .* for the "
+                                         r"resampled position embeddings; expected at most"):
+        load_model(tmp_path / "t.npz", image_size=4 * 10 ** 7, heads=4)

@@ -1,5 +1,7 @@
 """Splitting the batch across threads gives the whole batch's loss and gradients."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -118,12 +120,31 @@ def test_process_split_errors_and_a_lost_helper():
             split.loss_and_grads(bad, np.zeros(6, int))
         loss, _, _ = split.loss_and_grads(images, np.zeros(6, int))   # still in step
         assert np.isfinite(loss)
-        split._procs[0].kill()
-        split._procs[0].wait()
-        with pytest.raises(RuntimeError, match="helper process 1 ended"):
+        first = split._procs[0]
+        first.kill()                                     # SIGKILL, as the OOM killer would
+        first.wait()
+        again, _, _ = split.loss_and_grads(images, np.zeros(6, int))   # replaced, step redone
+        assert again == loss and split.restarts == 1 and split._procs[0] is not first
+
+
+def test_a_helper_lost_twice_in_one_step_is_one_clear_error(monkeypatch):
+    import tinyvit.parallel as P
+    model, rng = _model()
+    images = rng.random((6, 8, 8, 2))
+    real_start = P.ProcessSplitter._start
+
+    def start_then_die(self, capacity):                  # every new helper dies at once
+        real_start(self, capacity)
+        for p in self._procs:
+            p.kill()
+            p.wait()
+
+    monkeypatch.setattr(P.ProcessSplitter, "_start", start_then_die)
+    with P.ProcessSplitter(model, 2) as split:
+        with pytest.raises(P.HelperLost, match=r"^ProcessSplitter: helper process 1 ended "
+                                               r"\(exit code -9\), and its replacement too") as e:
             split.loss_and_grads(images, np.zeros(6, int))
-        again, _, _ = split.loss_and_grads(images, np.zeros(6, int))   # a new helper starts
-        assert again == loss
+        assert "\n" not in str(e.value) and split.restarts == 1
 
 
 def test_process_split_without_dev_shm(monkeypatch, tmp_path):
@@ -141,3 +162,42 @@ def test_process_split_without_dev_shm(monkeypatch, tmp_path):
         assert list(tmp_path.iterdir()) == []            # unlinked once mapped
     with BatchSplitter(model, 2) as threads:
         assert threads.loss_and_grads(images, labels)[0] == loss
+
+
+def test_a_shared_file_left_by_a_killed_parent_is_removed_by_the_next_start(monkeypatch, tmp_path):
+    import subprocess
+    import sys
+    import tempfile
+
+    import tinyvit.parallel as P
+    monkeypatch.setattr(P.os.path, "isdir", lambda path: False)        # use tmp_path, not /dev/shm
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()                      # a pid that has ended
+    (tmp_path / f"tinyvit-split-{dead}.abc123").write_bytes(b"\0" * 64)
+    (tmp_path / f"tinyvit-split-{os.getpid()}.mine").write_bytes(b"")      # a live pid's: kept
+    model, rng = _model()
+    with P.ProcessSplitter(model, 2) as split:
+        split.loss_and_grads(rng.random((4, 8, 8, 2)), np.array([0, 1, 2, 0]))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"tinyvit-split-{os.getpid()}.mine"]
+
+
+def test_no_room_for_the_shared_file_is_one_clear_error(monkeypatch, tmp_path):
+    import errno
+    import tempfile
+
+    import tinyvit.parallel as P
+    monkeypatch.setattr(P.os.path, "isdir", lambda path: False)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(P.os, "posix_fallocate", full, raising=False)
+    model, rng = _model()
+    with P.ProcessSplitter(model, 2) as split:
+        with pytest.raises(OSError, match=r"ProcessSplitter: expected room for a [0-9.]+ KB shared file, "
+                                          r"got none \(.*No space left on device\); free some space or "
+                                          r"train with --workers 1"):
+            split.loss_and_grads(rng.random((4, 8, 8, 2)), np.array([0, 1, 2, 0]))
+    assert list(tmp_path.iterdir()) == []                # nothing left behind

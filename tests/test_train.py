@@ -279,13 +279,13 @@ def test_nan_loss_stops_with_step_and_lr(data, monkeypatch):
     assert len(calls) == 3                              # stopped right there, not a stream of NaNs
 
 
-@pytest.mark.filterwarnings("ignore::RuntimeWarning")     # np.errstate below does not reach the helper processes
+@pytest.mark.filterwarnings("error::RuntimeWarning")      # train() silences them, helpers too
 @pytest.mark.parametrize("workers", [1, 2])
 def test_exploding_sgd_is_caught(data, workers):
     train_ds, _ = data
     cfg = TrainConfig(**{**FAST, "optimizer": "sgd", "lr": 1e30, "clip": 0.0, "schedule": "constant",
                          "warmup": 0.0, "min_lr": 0.0, "workers": workers})
-    with np.errstate(all="ignore"), pytest.raises(TrainingDiverged, match="at step [0-9]+ .*learning rate 1e\\+30"):
+    with pytest.raises(TrainingDiverged, match="at step [0-9]+ .*learning rate 1e\\+30"):
         train(tiny_model(), train_ds, None, cfg, progress=False)
 
 
@@ -372,3 +372,131 @@ def test_bad_arguments_name_themselves(data):
         train(tiny_model(), train_ds.images, val_ds, progress=False)
     with pytest.raises(ValueError, match="unexpected keys"):
         train(tiny_model(), train_ds, val_ds, progress=False, learning_rate=0.1)
+
+
+def test_a_lost_helper_ends_training_in_one_line_with_the_partial_epoch_saved(data, tmp_path, monkeypatch):
+    import tinyvit.train as T
+    from tinyvit.parallel import HelperLost
+    train_ds, _ = data
+    real = T.ProcessSplitter
+    calls = []
+
+    class Dying(real):
+        def loss_and_grads(self, *args, **kw):
+            calls.append(1)
+            if len(calls) == 3:
+                raise HelperLost("ProcessSplitter: helper process 1 ended (exit code -9), and its "
+                                 "replacement too, in the same step")
+            return super().loss_and_grads(*args, **kw)
+
+    monkeypatch.setattr(T, "ProcessSplitter", Dying)
+    with pytest.raises(T.TrainingStopped) as e:
+        train(tiny_model(), train_ds, None, TrainConfig(**{**FAST, "workers": 2}), out_dir=tmp_path,
+              progress=False)
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert msg.endswith(f"training stopped after step 2 (epoch 1, batch 2); checkpoint saved to "
+                        f"{tmp_path / 'checkpoint.npz'} (continue with --resume)")
+    ck = load_checkpoint(tmp_path / "checkpoint.npz")
+    assert (ck.epoch, ck.batch, ck.step) == (0, 2, 2)    # the partial epoch, resumable
+    assert json.loads((tmp_path / "history.json").read_text())["steps"]["step"] == [1, 2]
+
+
+def test_a_helper_killed_mid_training_is_replaced_and_the_run_goes_on(data, monkeypatch):
+    import os
+    import signal
+
+    import tinyvit.train as T
+    train_ds, _ = data
+    real = T.ProcessSplitter
+    made = []
+
+    class KillOnce(real):
+        def loss_and_grads(self, *args, **kw):
+            made.append(self)
+            if len(made) == 3:
+                os.kill(self._procs[0].pid, signal.SIGKILL)
+            return super().loss_and_grads(*args, **kw)
+
+    cfg = TrainConfig(**{**FAST, "epochs": 1, "workers": 2})
+    expected = train(tiny_model(), train_ds, None, cfg, progress=False)
+    monkeypatch.setattr(T, "ProcessSplitter", KillOnce)
+    got = train(tiny_model(), train_ds, None, cfg, progress=False)
+    assert made[0].restarts == 1
+    assert got["steps"]["loss"] == expected["steps"]["loss"]     # bit for bit: the step was redone
+
+
+def test_divergence_prints_one_line_and_no_numpy_warnings(tmp_path):
+    """The CLI on a run that explodes: one error line on stderr, no RuntimeWarnings from
+    NumPy (in this process or the helper) before it."""
+    import subprocess
+    import sys
+    cmd = [sys.executable, "-m", "tinyvit", "train", "--n-train", "64", "--image-size", "16",
+           "--dim", "16", "--depth", "1", "--heads", "2", "--mlp-dim", "16", "--epochs", "1",
+           "--batch-size", "16", "--optimizer", "sgd", "--lr", "1e30", "--clip", "0", "--warmup", "0",
+           "--schedule", "constant", "--out", str(tmp_path / "run"), "--quiet"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1
+    assert r.stderr.count("\n") == 1 and "training diverged" in r.stderr, r.stderr
+    assert "Warning" not in r.stderr
+
+
+def test_huge_warmup_is_capped_not_overflowed(data):
+    train_ds, _ = data
+    hist = train(tiny_model(), train_ds, None, TrainConfig(**{**FAST, "epochs": 1, "warmup": 1e308}),
+                 progress=False)
+    lrs = hist["steps"]["lr"]
+    assert len(lrs) == 6 and lrs == sorted(lrs) and lrs[-1] == pytest.approx(FAST["lr"])   # all warm-up
+
+
+@pytest.mark.parametrize("normalize, match", [([0.5, 0.0], "std: expected numbers > 0"),
+                                              ([0.5, "x"], "std: expected a number"),
+                                              ([0.5, float("nan")], "finite"),
+                                              ("text", "expected 'image', None or")])
+def test_bad_normalisation_is_refused_when_configured(normalize, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        TrainConfig(normalize=normalize)
+
+
+def test_augment_pad_beyond_the_image_is_refused(data):
+    train_ds, _ = data
+    with pytest.raises(ValueError, match=r"augment_pad: expected at most the image side 8 .*got 1000000000"):
+        train(tiny_model(), train_ds, None, TrainConfig(**{**FAST, "augment_pad": 10 ** 9}), progress=False)
+
+
+def test_evaluate_checks_the_confusion_matrix_fits_before_allocating(data, monkeypatch):
+    import tinyvit._files as files
+    _, val_ds = data
+    monkeypatch.setattr(files, "physical_memory_bytes", lambda: K * K * 8 - 1)   # one byte short
+    with pytest.raises(ValueError, match=f"model num_classes: {K} needs 128 bytes for the confusion matrix"):
+        evaluate(tiny_model(), val_ds)
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"state/batch": 7, "state/step": 7}, "batch 7: expected fewer than the 6 batches per epoch"),
+    ({"history": json.dumps({"steps": [1], "epochs": 3})}, "entry 'history': expected the layout training writes"),
+])
+def test_resume_from_a_damaged_training_state_is_one_clear_error(data, tmp_path, change, match):
+    train_ds, _ = data                                   # 6 steps per epoch
+    cfg = TrainConfig(**FAST)
+    train(tiny_model(), train_ds, None, cfg, out_dir=tmp_path, progress=False, max_steps=2)
+    with np.load(tmp_path / "checkpoint.npz", allow_pickle=False) as npz:
+        a = {k: npz[k] for k in npz.files}
+    a.update({k: np.array(v) for k, v in change.items()})
+    np.savez(tmp_path / "bad.npz", **a)
+    with pytest.raises(CheckpointError, match=match) as e:
+        train(tiny_model(), train_ds, None, cfg, resume_from=tmp_path / "bad.npz", progress=False)
+    assert "\n" not in str(e.value)
+
+
+def test_checkpoint_and_history_files_get_the_modes_the_umask_gives(data, tmp_path):
+    import os
+    train_ds, _ = data
+    old = os.umask(0o027)
+    try:
+        train(tiny_model(), train_ds, None, TrainConfig(**{**FAST, "epochs": 1}), out_dir=tmp_path,
+              progress=False)
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
+    assert modes == {n: 0o640 for n in ("checkpoint.npz", "history.json", "history.csv", "steps.csv")}

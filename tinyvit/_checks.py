@@ -88,3 +88,29 @@ def check_labels(name: str, labels, num_classes: int, batch: int | None = None) 
         bad = labels[(labels < 0) | (labels >= num_classes)][0]
         raise ValueError(f"{name}: expected values in [0, {num_classes - 1}], got {int(bad)}")
     return labels
+
+
+def check_normalize(name: str, value, channels: int | None = None):
+    """A normalisation setting: None, "image", or [mean, std] with numbers or per-channel lists
+    (std > 0, all finite). Returns it as None, "image" or [[mean...], [std...]] of floats."""
+    if value is None or (isinstance(value, str) and value == "image"):
+        return value
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise ValueError(f"{name}: expected 'image', None or [mean, std], got {describe(value)}")
+    out = []
+    for part, v in zip(("mean", "std"), value):
+        vals = v if isinstance(v, (list, tuple, np.ndarray)) else [v]
+        if isinstance(vals, np.ndarray):
+            vals = vals.reshape(-1).tolist()
+        if not vals or any(isinstance(x, bool) or not isinstance(x, numbers.Real) for x in vals):
+            raise TypeError(f"{name} {part}: expected a number or a list of numbers, got {v!r}")
+        vals = [float(x) for x in vals]
+        if channels is not None and len(vals) not in (1, channels):
+            raise ValueError(f"{name} {part}: expected 1 or {channels} values (one per channel), "
+                             f"got {len(vals)}")
+        if not all(np.isfinite(vals)):
+            raise ValueError(f"{name} {part}: expected finite numbers, got {vals}")
+        if part == "std" and min(vals) <= 0:
+            raise ValueError(f"{name} std: expected numbers > 0, got {vals}")
+        out.append(vals)
+    return out

@@ -20,21 +20,24 @@ loads with ``allow_pickle=False``. Its entries:
 
 Files are written to a temporary file in the target's directory and moved into
 place with ``os.replace``, so a crash (or Ctrl-C) during a save leaves the
-previous checkpoint whole.
+previous checkpoint whole (tinyvit._files.atomic_open; the file's mode follows
+the umask, and temporary files of a killed save are removed by the next save).
+Loading reads every array's header first and compares it with the stored
+config, so a corrupt or hostile file fails with one line before anything large
+is allocated.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .model import ViT, ViTConfig
+from ._checks import check_normalize, describe
+from ._files import NpzError, NpzReader, check_memory, save_npz
+from .model import ViT, ViTConfig, param_shapes
 
 __all__ = ["CheckpointError", "Checkpoint", "save_checkpoint", "load_checkpoint",
            "is_checkpoint", "FORMAT", "FORMAT_VERSION"]
@@ -116,48 +119,112 @@ def save_checkpoint(path, model: ViT, *, optimizer=None, train_config: dict | No
     if optimizer is not None:
         for name, value in optimizer.state_dict().items():
             arrays[f"optim/{name}"] = np.asarray(value)
-    directory = path.parent if str(path.parent) else Path(".")
-    directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    save_npz(path, arrays)                          # atomic; mode follows the umask
     return path
 
 
-def _text(npz, key: str, path) -> str:
-    arr = npz[key]
-    if arr.shape != () or arr.dtype.kind != "U":
-        raise CheckpointError(f"{path}: entry {key!r} should be a 0-d string, got {arr.dtype} {arr.shape}")
-    return str(arr[()])
+def _text(npz: NpzReader, key: str, path) -> str:
+    shape, dtype = npz.shapes[key], npz.dtypes[key]
+    if shape != () or dtype.kind != "U":
+        raise CheckpointError(f"{path}: entry {key!r}: expected a 0-d string, got {dtype} {shape}")
+    return str(npz.read(key)[()])
 
 
-def _json(npz, key: str, path):
+def _json(npz: NpzReader, key: str, path, kind=dict, nullable: bool = True):
+    """The JSON in entry ``key``: an object (kind=dict), or null when nullable."""
     try:
-        return json.loads(_text(npz, key, path))
+        value = json.loads(_text(npz, key, path))
     except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: entry {key!r} is not valid JSON ({e})") from e
+        raise CheckpointError(f"{path}: entry {key!r}: expected valid JSON, got an error ({e})") from e
+    except RecursionError:
+        raise CheckpointError(f"{path}: entry {key!r}: expected JSON of a sane depth, got one "
+                              "nested too deeply to read") from None
+    if value is None and nullable:
+        return None
+    if not isinstance(value, kind):
+        want = "a JSON object" + (" or null" if nullable else "")
+        shown = json.dumps(value)
+        raise CheckpointError(f"{path}: entry {key!r}: expected {want}, got {type(value).__name__} "
+                              f"{shown if len(shown) <= 60 else shown[:57] + '...'}")
+    return value
 
 
-def _int(npz, key: str, path) -> int:
-    arr = npz[key]
-    if arr.shape != () or arr.dtype.kind not in "iu":
-        raise CheckpointError(f"{path}: entry {key!r} should be a 0-d integer, got {arr.dtype} {arr.shape}")
-    return int(arr)
+def _int(npz: NpzReader, key: str, path) -> int:
+    shape, dtype = npz.shapes[key], npz.dtypes[key]
+    if shape != () or dtype.kind not in "iu":
+        raise CheckpointError(f"{path}: entry {key!r}: expected a 0-d integer, got {dtype} {shape}")
+    value = int(npz.read(key))
+    if value < 0:
+        raise CheckpointError(f"{path}: entry {key!r}: expected an integer >= 0, got {value}")
+    return value
+
+
+def _check_meta(meta: dict, config: ViTConfig, path) -> None:
+    """The fields of meta that eval, predict and --resume read: class names (one string per
+    class), the dataset (an object) and the normalisation."""
+    names = meta.get("class_names")
+    K = config.num_classes
+    if names is not None:
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise CheckpointError(f"{path}: meta 'class_names': expected a list of {K} strings, "
+                                  f"got {describe(names)}")
+        if len(names) != K:
+            raise CheckpointError(f"{path}: meta 'class_names': expected {K} names (the model's "
+                                  f"num_classes), got {len(names)}")
+    if meta.get("dataset") is not None and not isinstance(meta["dataset"], dict):
+        raise CheckpointError(f"{path}: meta 'dataset': expected a JSON object, got {describe(meta['dataset'])}")
+    if "normalize" in meta:
+        try:
+            check_normalize("normalize", meta["normalize"], config.in_channels)
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"{path}: meta {e}") from e
+
+
+def _blocks_in(names) -> int:
+    """How many transformer blocks the parameter names of a file describe: the number of
+    distinct block indices (not the highest one, which a file could set to 10^9)."""
+    return len({n.split(".")[1] for n in names
+                if n.startswith("blocks.") and n.count(".") >= 2 and n.split(".")[1].isdigit()})
+
+
+def _check_shapes(npz: NpzReader, config: ViTConfig, path) -> None:
+    """Compare every array's header with the config's shapes before any data is read."""
+    params = {k[len("param/"):] for k in npz.files if k.startswith("param/")}
+    blocks = _blocks_in(params)
+    if config.depth != blocks:                     # before param_shapes builds a table of depth rows
+        raise CheckpointError(f"{path}: model config says depth {config.depth}, but the file holds "
+                              f"parameters for {blocks} block{'' if blocks == 1 else 's'}")
+    if config.pos_embed == "sincos":              # the model builds this table: nothing bounds it
+        check_memory(f"{path}: model config", f"{config.num_tokens:,} tokens x {config.dim}",
+                     config.num_tokens * config.dim * 8, "the fixed sin-cos position table")
+    expected = param_shapes(config)
+    dtype = np.dtype(config.dtype)
+    missing = sorted(set(expected) - params)
+    unexpected = sorted(params - set(expected))
+    wrong = [f"{k}: expected {expected[k]} {dtype}, got {npz.shapes['param/' + k]} "
+             f"{npz.dtypes['param/' + k]}" for k in expected if k in params
+             and (npz.shapes["param/" + k] != expected[k] or npz.dtypes["param/" + k] != dtype)]
+    for k in npz.files:
+        if not k.startswith("optim/") or k == "optim/step":
+            continue
+        want = expected.get(k[len("optim/"):].partition(".")[2])
+        if want is None or npz.shapes[k] != want:
+            wrong.append(f"{k}: expected the shape of a parameter of this config, got {npz.shapes[k]}")
+    if "optim/step" in npz and npz.shapes["optim/step"] != ():
+        wrong.append(f"optim/step: expected a 0-d counter, got shape {npz.shapes['optim/step']}")
+    if missing or unexpected or wrong:
+        parts = ([f"missing {', '.join(missing)}"] if missing else []) + \
+                ([f"unexpected {', '.join(unexpected)}"] if unexpected else []) + wrong
+        raise CheckpointError(f"{path}: parameters do not match the stored model config: "
+                              + "; ".join(parts))
 
 
 def is_checkpoint(path) -> bool:
     """True when ``path`` is an npz file carrying the tinyvit checkpoint marker."""
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            return "format" in npz.files and str(npz["format"][()]) == FORMAT
-    except Exception:                                       # any unreadable file: not a checkpoint
+        with NpzReader(path) as npz:
+            return "format" in npz and _text(npz, "format", path) == FORMAT
+    except (ValueError, OSError):                            # any unreadable file: not a checkpoint
         return False
 
 
@@ -166,17 +233,17 @@ def load_checkpoint(path) -> Checkpoint:
 
     Raises FileNotFoundError for a missing file and CheckpointError (a
     ValueError with a one-line message) for a truncated or corrupt file, an
-    npz that is not a tinyvit checkpoint, or another format version.
+    npz that is not a tinyvit checkpoint, or another format version. Every
+    array's header (shape, dtype) is checked against the stored config before
+    its data is read, so a file cannot make this allocate more than it holds.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint: file not found: {path}")
     try:
-        npz = np.load(path, allow_pickle=False)
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
-        raise CheckpointError(f"{path}: not a readable .npz file (truncated or corrupt?): {e}") from e
-    if not isinstance(npz, np.lib.npyio.NpzFile):
-        raise CheckpointError(f"{path}: expected a tinyvit checkpoint (.npz), got a single .npy array")
+        npz = NpzReader(path, "checkpoint")
+    except NpzError as e:
+        raise CheckpointError(str(e)) from e
     try:
         with npz:
             files = set(npz.files)
@@ -193,29 +260,36 @@ def load_checkpoint(path) -> Checkpoint:
             if missing:
                 raise CheckpointError(f"{path}: checkpoint is missing entries {missing}")
             try:
-                config = ViTConfig.from_dict(_json(npz, "model_config", path))
+                config = ViTConfig.from_dict(_json(npz, "model_config", path, nullable=False))
             except (TypeError, ValueError) as e:
-                raise CheckpointError(f"{path}: invalid model config: {e}") from e
-            params = {k[len("param/"):]: npz[k] for k in npz.files if k.startswith("param/")}
-            optim = {k[len("optim/"):]: npz[k] for k in npz.files if k.startswith("optim/")}
+                if isinstance(e, CheckpointError):
+                    raise
+                raise CheckpointError(f"{path}: invalid model config: {' '.join(str(e).split())}") from e
+            _check_shapes(npz, config, path)
+            meta = _json(npz, "meta", path) or {}
+            _check_meta(meta, config, path)
+            history = _json(npz, "history", path)
+            train_config = _json(npz, "train_config", path)
+            if train_config is not None and "normalize" in train_config:
+                try:
+                    check_normalize("normalize", train_config["normalize"], config.in_channels)
+                except (TypeError, ValueError) as e:
+                    raise CheckpointError(f"{path}: train_config {e}") from e
+            params = {k[len("param/"):]: npz.read(k) for k in npz.files if k.startswith("param/")}
+            optim = {k[len("optim/"):]: npz.read(k) for k in npz.files if k.startswith("optim/")}
             ckpt = Checkpoint(model_config=config, params=params, optim_state=optim,
-                              train_config=_json(npz, "train_config", path),
-                              meta=_json(npz, "meta", path) or {},
-                              history=_json(npz, "history", path),
+                              train_config=train_config, meta=meta, history=history,
                               epoch=_int(npz, "state/epoch", path), batch=_int(npz, "state/batch", path),
                               step=_int(npz, "state/step", path), seed=_int(npz, "rng/seed", path),
                               path=str(path))
     except CheckpointError:
         raise
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError, KeyError) as e:
-        # zlib/zip errors and short reads from a truncated archive land here
-        raise CheckpointError(f"{path}: could not read the checkpoint (truncated or corrupt?): "
-                              f"{type(e).__name__}: {e}") from e
+    except NpzError as e:
+        raise CheckpointError(str(e)) from e
     try:
-        ViT(ckpt.model_config, params=ckpt.params)          # shapes and dtypes match the config
+        ViT(ckpt.model_config, params=ckpt.params)          # shapes checked above; now the values
     except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: parameters do not match the stored model config: "
-                              f"{' '.join(str(e).split())}") from e
+        raise CheckpointError(f"{path}: parameter values rejected: {' '.join(str(e).split())}") from e
     return ckpt
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import os
 import sys
 from pathlib import Path
@@ -201,16 +202,22 @@ def _dataset_key(name: str) -> str:
 
 
 def _load_data(spec: dict):
-    """(train, val) from a dataset spec dict (stored in the checkpoint's meta)."""
+    """(train, val) from a dataset spec dict (stored in the checkpoint's meta). A stored spec
+    may be damaged: every field is checked by load_dataset, which names it."""
+    from ._checks import describe
     from .datasets import load_dataset
 
-    key = spec["name"]
+    key, data_dir = spec.get("name"), spec.get("data_dir") or "data"
+    if not isinstance(key, str):
+        raise CLIError(f"dataset: expected a dataset name, got {describe(key)}")
+    if not isinstance(data_dir, str):
+        raise CLIError(f"dataset data_dir: expected a folder name, got {describe(data_dir)}")
     kw = dict(download=spec.get("download", True), seed=spec.get("seed", 0))
     if key == "shapes":
-        kw.update(image_size=spec["image_size"], n_train=spec["n_train"], n_test=spec["n_val"])
+        kw.update(image_size=spec.get("image_size"), n_train=spec.get("n_train", SHAPES_N_TRAIN),
+                  n_test=spec.get("n_val", SHAPES_N_VAL))
     elif key == "folder":
-        kw.update(image_size=spec["image_size"], channels=spec["channels"])
-    data_dir = spec.get("data_dir") or "data"
+        kw.update(image_size=spec.get("image_size", 32), channels=spec.get("channels", 3))
     return load_dataset(key, data_dir, **kw)
 
 
@@ -225,6 +232,8 @@ def _default_out(key: str) -> Path:
 
 def cmd_train(args) -> int:
     from . import ViT, ViTConfig
+    from ._files import check_memory
+    from .model import param_shapes
     from .checkpoint import load_checkpoint
     from .datasets import channel_stats
     from .train import CHECKPOINT_NAME, TrainConfig, plot_history, train
@@ -278,11 +287,23 @@ def cmd_train(args) -> int:
                 "image_size": side, "channels": channels, "n_train": n_train, "n_val": SHAPES_N_VAL}
         preset = dict(MODEL_PRESETS[args.model or ("mnist" if key in ("mnist", "mnist-test-split",
                                                                        "fashion-mnist") else DEFAULT_PRESET)])
+        if key == "shapes" and side < 8:
+            raise CLIError(f"--image-size: expected at least 8 for the shapes data, got {side}")
+        if side < 2:
+            raise CLIError(f"--image-size: expected at least 2 (two patches of one pixel), got {side}")
+        if key == "shapes":                                # before anything is drawn
+            from .datasets import shapes_bytes
+            check_memory("--n-train, --image-size", f"{n_train:,} + {SHAPES_N_VAL:,} images of "
+                         f"{side}x{side}", shapes_bytes(n_train + SHAPES_N_VAL, side), "the data")
         if args.patch_size is None and (side % preset["patch_size"] or side // preset["patch_size"] < 2):
             preset["patch_size"] = next(p for p in (8, 7, 4, 2, 1) if side % p == 0 and side // p >= 2)
         for k in ("patch_size", "dim", "depth", "heads", "mlp_dim", "pool", "gelu", "pos_embed"):
             if getattr(args, k) is not None:
                 preset[k] = getattr(args, k)
+        mcfg = ViTConfig(image_size=side, in_channels=channels, num_classes=2, seed=seed, **preset)
+        nparams = sum(math.prod(s) for s in param_shapes(mcfg).values())
+        check_memory("--image-size, --patch-size, --dim, --depth", f"a model of {nparams:,} parameters",
+                     nparams * np.dtype(mcfg.dtype).itemsize * 4, "them, their gradients and optimizer moments")
         train_ds, val_ds = _load_data(spec)
         mcfg = ViTConfig(image_size=side, in_channels=train_ds.image_shape[2],
                          num_classes=train_ds.num_classes, seed=seed, **preset)
@@ -303,6 +324,13 @@ def cmd_train(args) -> int:
         tcfg = TrainConfig(**tdict)
         out = Path(args.out) if args.out else _default_out(key)
 
+    try:                                       # an unwritable --out fails now, not after an epoch
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CLIError(f"--out: expected a folder that can be created and written, got {out} "
+                       f"({e.strerror or e})") from None
+    if not os.access(out, os.W_OK):
+        raise CLIError(f"--out: expected a folder that can be written, got {out} (permission denied)")
     model = ViT(mcfg)
     quiet = args.quiet
     if not quiet:
@@ -316,7 +344,9 @@ def cmd_train(args) -> int:
     history = train(model, train_ds, val_ds, tcfg, out_dir=out, resume_from=resume,
                     progress=not quiet, meta=meta)
     fig = plot_history(history, title=f"{spec['name']}: {model.num_params():,}-parameter ViT")
-    fig.savefig(out / "curves.png", dpi=100)
+    from ._files import atomic_open
+    with atomic_open(out / "curves.png") as f:                  # whole or not at all
+        fig.savefig(f, format="png", dpi=100)
     last = history["epochs"][-1] if history["epochs"] else None
     if last is not None and last["epoch"] == tcfg.epochs:
         print(f"done: validation accuracy {last['val_acc']:.4f} (loss {last['val_loss']:.4f}) after "
@@ -331,8 +361,14 @@ def cmd_train(args) -> int:
 # =========================================================== eval and predict
 
 def _is_tinyvit(path: Path) -> bool:
-    from .checkpoint import is_checkpoint
-    return is_checkpoint(path)
+    """True for a tinyvit checkpoint, damaged ones included (their own loader then says
+    what is wrong): an .npz with a 'format' or 'model_config' entry."""
+    from ._files import NpzReader
+    try:
+        with NpzReader(path) as r:
+            return "format" in r or "model_config" in r
+    except (ValueError, OSError):                      # not an .npz: interop's reader says so
+        return False
 
 
 def _foreign_model(path: Path):
@@ -344,8 +380,11 @@ def _foreign_model(path: Path):
     loader = getattr(interop, "load_model", None)
     if loader is None:
         return None
+    from ._files import NpzError
     try:
         return loader(path)
+    except NpzError:                                   # not an .npz at all: says so, names the file
+        raise
     except (TypeError, ValueError) as e:
         raise ValueError(f"{path}: neither a tinyvit checkpoint nor a model interop can read: {e}") from e
 
@@ -400,20 +439,8 @@ def cmd_eval(args) -> int:
 
 def _load_image(path: Path, hw, channels: int) -> np.ndarray:
     """An image file -> (H, W, C) float32 in [0, 1], converted and resized like the folder loader."""
-    from PIL import Image, UnidentifiedImageError
-
-    if not path.is_file():
-        raise FileNotFoundError(f"image: file not found: {path}")
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB" if channels == 3 else "L")
-            H, W = hw
-            if im.size != (W, H):
-                im = im.resize((W, H), Image.BILINEAR)
-            a = np.asarray(im, dtype=np.float32) / np.float32(255.0)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise ValueError(f"{path}: could not read this image ({type(e).__name__}: {e})") from e
-    return a.reshape(H, W, channels)
+    from .datasets import read_image
+    return read_image(path, hw, channels).astype(np.float32) / np.float32(255.0)
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
@@ -456,12 +483,7 @@ def _model_for_images(checkpoint: str):
     kw = preprocess_kwargs(info)
 
     def prepare(p):
-        if not Path(p).is_file():
-            raise FileNotFoundError(f"image: file not found: {p}")
-        try:
-            x = preprocess_imagenet(str(p), dtype=model.config.dtype, **kw)    # (1, H, W, 3) in [-1, 1]
-        except (OSError, SyntaxError) as e:
-            raise ValueError(f"{p}: could not read this image ({type(e).__name__}: {e})") from e
+        x = preprocess_imagenet(str(p), dtype=model.config.dtype, **kw)        # (1, H, W, 3) in [-1, 1]
         mean, std = np.asarray(kw.get("mean", 0.5)), np.asarray(kw.get("std", 0.5))
         return x, np.clip(x[0] * std + mean, 0.0, 1.0)
     return model, names, prepare
@@ -601,13 +623,13 @@ def main(argv=None) -> int:
     if from_shell:
         _maybe_reexec_for_threads(argv, args)
     from .checkpoint import CheckpointError
-    from .train import TrainingDiverged
+    from .train import TrainingDiverged, TrainingStopped
     try:
         return args.func(args)
     except CLIError as err:
         print(f"tinyvit {args.command}: error: {err}", file=sys.stderr)
         return 2
-    except TrainingDiverged as err:
+    except (TrainingDiverged, TrainingStopped) as err:
         print(f"tinyvit {args.command}: error: {err}", file=sys.stderr)
         return 1
     except (CheckpointError, ValueError, TypeError, OSError) as err:

@@ -24,7 +24,6 @@ import hashlib
 import math
 import os
 import tarfile
-import tempfile
 import urllib.error
 import urllib.request
 import zlib
@@ -33,13 +32,14 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
-from PIL import Image, ImageDraw, UnidentifiedImageError
+from PIL import Image, ImageDraw
 
-from tinyvit._checks import check_array, check_choice, check_float, check_int, describe
+from tinyvit._checks import check_array, check_choice, check_float, check_int, check_normalize, describe
+from tinyvit._files import atomic_open, check_memory, format_bytes, open_image
 
 __all__ = [
     "ImageDataset", "make_shapes", "SHAPE_CLASSES", "DEFAULT_SHAPES",
-    "read_idx", "load_mnist", "load_cifar10", "load_uci_digits", "load_image_folder",
+    "read_idx", "read_image", "shapes_bytes", "load_mnist", "load_cifar10", "load_uci_digits", "load_image_folder",
     "RemoteFile", "REGISTRY", "DownloadError", "download", "fetch", "extract_tar",
     "load_dataset", "DATASET_NAMES", "train_val_split", "channel_stats",
     "Augment", "BatchIterator", "iterate_batches",
@@ -229,6 +229,11 @@ def _draw_coverages(kinds, cx, cy, r, angle, size: int, ss: int) -> np.ndarray:
     return out
 
 
+def shapes_bytes(n: int, image_size: int) -> int:
+    """Memory make_shapes needs for n images of side S: float32 RGB, plus the coverage and mask."""
+    return n * image_size * image_size * (3 * 4 + 2)
+
+
 def make_shapes(n: int = 10000, image_size: int = 32, seed: int = 0, *,
                 classes: Sequence[str] | None = None, size_range=(0.5, 0.85),
                 max_rotation: float = 10.0, noise: float = 0.05, min_contrast: float = 0.3,
@@ -269,6 +274,8 @@ def make_shapes(n: int = 10000, image_size: int = 32, seed: int = 0, *,
     max_rot = check_float("max_rotation", max_rotation, minimum=0.0, maximum=180.0)
     noise = check_float("noise", noise, minimum=0.0, maximum=1.0)
     min_contrast = check_float("min_contrast", min_contrast, minimum=0.0, maximum=0.8)
+    check_memory("image_size", S, 2 * (S * ss) ** 2, f"drawing one image at {ss}x supersampling")
+    check_memory("n", n, shapes_bytes(n, S), f"{n} images of {S}x{S} with their masks")
 
     rng = np.random.default_rng(seed)
     K = len(classes)
@@ -315,19 +322,22 @@ def make_shapes(n: int = 10000, image_size: int = 32, seed: int = 0, *,
 
 # =========================================================== IDX (MNIST family)
 
-def _read_bytes(path: Path, what: str) -> bytes:
-    """All bytes of a file, decompressing .gz; errors name the file."""
+def _read_bytes(path: Path, what: str, limit: int) -> bytes:
+    """All bytes of a small file, decompressing .gz; more than ``limit`` bytes (a gzip that
+    inflates without end) is an error, found after reading limit + 1 bytes. Errors name the file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what}: file not found: {path}")
     try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as f:
-                return f.read()
-        return path.read_bytes()
+        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
+            data = f.read(limit + 1)
     except (OSError, EOFError, zlib.error) as e:
         raise ValueError(f"{what}: could not read {path}: {e} "
                          "(the file is truncated or corrupt; delete it and download it again)") from e
+    if len(data) > limit:
+        raise ValueError(f"{path}: expected at most {format_bytes(limit)} of data, got more "
+                         "(not the file it should be?)")
+    return data
 
 
 def read_idx(path) -> np.ndarray:
@@ -336,29 +346,50 @@ def read_idx(path) -> np.ndarray:
     Header, big-endian: two zero bytes, a type code (0x08 = unsigned byte),
     the number of dimensions n, then n uint32 sizes. The payload must hold
     exactly prod(sizes) bytes. Returns a uint8 array of those sizes.
+
+    The header is read and checked first (sizes multiplied as Python integers,
+    which do not wrap around; compared with the file's size, or for a .gz with
+    the machine's memory), and only then the data, so a bad header never makes
+    this decompress or allocate more than the file really holds.
     """
     path = Path(path)
-    data = _read_bytes(path, "path")
-    if len(data) < 4:
-        raise ValueError(f"{path}: expected an IDX header of at least 4 bytes, got {len(data)} bytes")
-    if data[0] != 0 or data[1] != 0:
-        raise ValueError(f"{path}: expected an IDX magic number starting with two zero bytes, "
-                         f"got 0x{data[:4].hex()} (not an IDX file?)")
-    if data[2] != 0x08:
-        raise ValueError(f"{path}: expected IDX type code 0x08 (unsigned byte), got 0x{data[2]:02x}")
-    ndim = data[3]
-    if not 1 <= ndim <= 4:
-        raise ValueError(f"{path}: expected 1 to 4 IDX dimensions, got {ndim}")
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise ValueError(f"{path}: expected a {header}-byte IDX header, got only {len(data)} bytes (truncated)")
-    dims = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
-    need = int(np.prod(dims, dtype=np.int64))
-    have = len(data) - header
-    if have != need:
-        state = "truncated" if have < need else "trailing bytes"
-        raise ValueError(f"{path}: expected {need} data bytes for shape {dims}, got {have} ({state})")
-    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
+    if not path.is_file():
+        raise FileNotFoundError(f"path: file not found: {path}")
+    gz = path.suffix == ".gz"
+    try:
+        with (gzip.open(path, "rb") if gz else open(path, "rb")) as f:
+            head = f.read(4)
+            if len(head) < 4:
+                raise ValueError(f"{path}: expected an IDX header of at least 4 bytes, got {len(head)} bytes")
+            if head[0] != 0 or head[1] != 0:
+                raise ValueError(f"{path}: expected an IDX magic number starting with two zero bytes, "
+                                 f"got 0x{head.hex()} (not an IDX file?)")
+            if head[2] != 0x08:
+                raise ValueError(f"{path}: expected IDX type code 0x08 (unsigned byte), got 0x{head[2]:02x}")
+            ndim = head[3]
+            if not 1 <= ndim <= 4:
+                raise ValueError(f"{path}: expected 1 to 4 IDX dimensions, got {ndim}")
+            sizes = f.read(4 * ndim)
+            if len(sizes) < 4 * ndim:
+                raise ValueError(f"{path}: expected a {4 + 4 * ndim}-byte IDX header, got only "
+                                 f"{4 + len(sizes)} bytes (truncated)")
+            dims = tuple(int.from_bytes(sizes[4 * i:4 * i + 4], "big") for i in range(ndim))
+            need = math.prod(dims)                              # exact: no int64 wrap-around
+            if not gz:
+                have = path.stat().st_size - 4 - 4 * ndim
+                if have != need:
+                    state = "truncated" if have < need else "trailing bytes"
+                    raise ValueError(f"{path}: expected {need} data bytes for shape {dims}, got {have} ({state})")
+            check_memory(str(path), f"IDX shape {dims}", need, "its data")
+            data = f.read(need + 1)                             # one more: trailing bytes show
+    except (OSError, EOFError, zlib.error) as e:
+        raise ValueError(f"path: could not read {path}: {e} "
+                         "(the file is truncated or corrupt; delete it and download it again)") from e
+    if len(data) != need:
+        state = "truncated" if len(data) < need else "trailing bytes"
+        raise ValueError(f"{path}: expected {need} data bytes for shape {dims}, got "
+                         f"{len(data) if len(data) < need else 'more'} ({state})")
+    return np.frombuffer(data, dtype=np.uint8).reshape(dims)
 
 
 _IDX_STEMS = {"train": "train", "test": "t10k"}
@@ -434,6 +465,8 @@ def load_cifar10(root, split: str = "train") -> ImageDataset:
     if missing:
         raise FileNotFoundError(f"root: expected the CIFAR-10 binary files {missing} in {d}, not found")
     chunks = []
+    total = sum(p.stat().st_size for p in paths)
+    check_memory(str(d), f"{format_bytes(total)} of CIFAR-10 records", total * 5, "them as float32 images")
     for p in paths:
         raw = np.fromfile(p, dtype=np.uint8)
         if raw.size == 0 or raw.size % _CIFAR_RECORD:
@@ -459,6 +492,9 @@ def load_cifar10(root, split: str = "train") -> ImageDataset:
 
 # =========================================================== UCI 8x8 digits
 
+_DIGITS_MAX_BYTES = 64 << 20      # the real CSV holds about 0.5 MB; anything far larger is not it
+
+
 def load_uci_digits(path_or_root="data") -> ImageDataset:
     """The UCI 8x8 optical digits as shipped by scikit-learn (digits.csv.gz).
 
@@ -477,7 +513,7 @@ def load_uci_digits(path_or_root="data") -> ImageDataset:
                 break
         else:
             raise FileNotFoundError(f"path_or_root: expected digits.csv.gz in {p} or {p / 'uci-digits'}, not found")
-    text = _read_bytes(p, "path_or_root").decode("ascii", errors="replace")
+    text = _read_bytes(p, "path_or_root", _DIGITS_MAX_BYTES).decode("ascii", errors="replace")
     rows = [line for line in text.splitlines() if line.strip()]
     if not rows:
         raise ValueError(f"{p}: expected rows of 65 comma-separated integers, got an empty file")
@@ -512,6 +548,18 @@ def _size_pair(name: str, size) -> tuple[int, int]:
     return s, s
 
 
+def read_image(path, hw, channels: int) -> np.ndarray:
+    """An image file -> (H, W, C) uint8: converted to RGB (C=3) or grey (C=1), resized
+    bilinearly to hw = (H, W). Files too large to decode safely, or unreadable, raise a
+    one-line ValueError naming the file (tinyvit._files.open_image)."""
+    H, W = hw
+    with open_image(path) as im:
+        im = im.convert("RGB" if channels == 3 else "L")
+        if im.size != (W, H):
+            im = im.resize((W, H), Image.BILINEAR)
+        return np.asarray(im, dtype=np.uint8).reshape(H, W, channels)
+
+
 def load_image_folder(root, image_size=32, channels: int = 3, name: str | None = None) -> ImageDataset:
     """Images in ``root/<class name>/*.png|jpg|...``, one subfolder per class.
 
@@ -531,23 +579,17 @@ def load_image_folder(root, image_size=32, channels: int = 3, name: str | None =
     class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not class_dirs:
         raise ValueError(f"root: expected one subfolder per class in {root}, found none")
-    mode = "RGB" if channels == 3 else "L"
-    images, labels = [], []
+    images, labels, counted = [], [], 0
     for k, d in enumerate(class_dirs):
         files = sorted(f for f in d.iterdir()
                        if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in IMAGE_EXTENSIONS)
         if not files:
             raise ValueError(f"root: expected images ({', '.join(IMAGE_EXTENSIONS)}) in class folder {d}, found none")
+        counted += len(files)
+        check_memory("image_size", f"{H}x{W}", counted * H * W * channels * 5,
+                     f"{counted} images as uint8 and float32")
         for f in files:
-            try:
-                with Image.open(f) as im:
-                    im = im.convert(mode)
-                    if im.size != (W, H):
-                        im = im.resize((W, H), Image.BILINEAR)
-                    a = np.asarray(im, dtype=np.uint8)
-            except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-                raise ValueError(f"{f}: could not read this image ({type(e).__name__}: {e})") from e
-            images.append(a.reshape(H, W, channels))
+            images.append(read_image(f, (H, W), channels))
             labels.append(k)
     batch = _to_float01(np.stack(images), 255.0)              # (N, H, W, C)
     return ImageDataset(batch, np.array(labels, dtype=np.int64), [d.name for d in class_dirs], None,
@@ -625,6 +667,10 @@ class DownloadError(OSError):
     """No source could deliver a file with the expected checksum."""
 
 
+class _ChecksumMismatch(Exception):
+    pass
+
+
 def _checksums_match(path: Path, sha256: str | None, md5: str | None) -> tuple[bool, str]:
     """(all given checksums match, description of the first mismatch)."""
     h_sha, h_md5 = hashlib.sha256(), hashlib.md5(usedforsecurity=False)
@@ -675,24 +721,21 @@ def download(urls, dest, sha256: str | None = None, md5: str | None = None,
     dest.parent.mkdir(parents=True, exist_ok=True)
     failures = []
     for url in urls:
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
         try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+            with atomic_open(dest) as out, urllib.request.urlopen(url, timeout=timeout) as resp:
                 for chunk in iter(lambda: resp.read(1 << 20), b""):
                     out.write(chunk)
-            ok, why = _checksums_match(Path(tmp), sha256, md5)
-            if not ok:
-                failures.append(f"{url}: checksum mismatch ({why})")
-                continue
-            os.replace(tmp, dest)                        # atomic on the same file system
+                out.flush()
+                ok, why = _checksums_match(Path(out.name), sha256, md5)
+                if not ok:                               # leaving the block this way: no rename
+                    raise _ChecksumMismatch(why)
             if not quiet:
                 print(f"downloaded {dest} from {url}")
             return dest
+        except _ChecksumMismatch as e:
+            failures.append(f"{url}: checksum mismatch ({e})")
         except (urllib.error.URLError, OSError, ValueError) as e:
             failures.append(f"{url}: {type(e).__name__}: {e}")
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
     tried = "\n  ".join(failures)
     raise DownloadError(
         f"could not download {dest.name}; tried:\n  {tried}\n"
@@ -765,17 +808,10 @@ def extract_tar(archive, dest_dir) -> list[Path]:
                 if m.isdir():
                     target.mkdir(parents=True, exist_ok=True)
                     continue
-                target.parent.mkdir(parents=True, exist_ok=True)
                 src = tar.extractfile(m)
-                fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-                try:
-                    with os.fdopen(fd, "wb") as out:
-                        for chunk in iter(lambda: src.read(1 << 20), b""):
-                            out.write(chunk)
-                    os.replace(tmp, target)
-                finally:
-                    if os.path.exists(tmp):
-                        os.remove(tmp)
+                with atomic_open(target) as out:
+                    for chunk in iter(lambda: src.read(1 << 20), b""):
+                        out.write(chunk)
                 written.append(target)
     except (tarfile.TarError, EOFError, zlib.error) as e:
         raise ValueError(f"{archive}: could not read the archive ({e}); it is truncated or corrupt") from e
@@ -957,18 +993,10 @@ class Augment:
 def _norm_arrays(normalize, channels: int):
     if normalize is None:
         return None
-    if not isinstance(normalize, (tuple, list)) or len(normalize) != 2:
+    if isinstance(normalize, str):
         raise TypeError(f"normalize: expected (mean, std) or None, got {describe(normalize)}")
-    mean = np.atleast_1d(np.asarray(normalize[0], dtype=np.float64))
-    std = np.atleast_1d(np.asarray(normalize[1], dtype=np.float64))
-    for nm, a in (("mean", mean), ("std", std)):
-        if a.ndim != 1 or a.size not in (1, channels):
-            raise ValueError(f"normalize {nm}: expected a number or {channels} per-channel values, got {a.tolist()}")
-        if not np.isfinite(a).all():
-            raise ValueError(f"normalize {nm}: expected finite values, got {a.tolist()}")
-    if (std <= 0).any():
-        raise ValueError(f"normalize std: expected values > 0, got {std.tolist()}")
-    return mean.astype(np.float32), (1.0 / std).astype(np.float32)
+    mean, std = check_normalize("normalize", normalize, channels)
+    return np.array(mean, np.float32), (1.0 / np.array(std, np.float64)).astype(np.float32)
 
 
 class BatchIterator:

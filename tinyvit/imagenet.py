@@ -11,7 +11,9 @@ for the ViT checkpoints of the original Google release and of "How to train your
 ViT" (augreg): resize the shorter side to floor(crop / crop_pct) with bicubic
 interpolation, cut the centre crop, scale to [0, 1], then normalise with mean
 0.5 and std 0.5 per channel, i.e. to [-1, 1] -- the Google checkpoints were
-trained on inputs in [-1, 1]. timm's crop_pct for these models is 0.9.
+trained on inputs in [-1, 1]. timm's crop_pct is 0.9 for the 224-pixel models
+and 1.0 for every 384-pixel fine-tune (``vit_*_384.*``: resize to 384, crop
+nothing); ``crop_pct_for`` gives it for an input size.
 """
 
 from __future__ import annotations
@@ -23,13 +25,16 @@ from functools import lru_cache
 import numpy as np
 
 from ._checks import check_array, check_float, describe
+from ._files import open_image
 
 __all__ = ["imagenet_class_names", "preprocess_imagenet", "imagenet_preprocess_info",
-           "preprocess_kwargs", "top_k", "IMAGENET_MEAN_VIT", "IMAGENET_STD_VIT", "CROP_PCT"]
+           "preprocess_kwargs", "top_k", "crop_pct_for", "IMAGENET_MEAN_VIT", "IMAGENET_STD_VIT",
+           "CROP_PCT", "CROP_PCT_384"]
 
 IMAGENET_MEAN_VIT = (0.5, 0.5, 0.5)
 IMAGENET_STD_VIT = (0.5, 0.5, 0.5)
-CROP_PCT = 0.9
+CROP_PCT = 0.9              # timm's crop_pct for the 224-pixel Google / augreg ViTs
+CROP_PCT_384 = 1.0          # ... and for their 384-pixel fine-tunes
 CLASSES_FILE = "imagenet_classes.txt"
 
 
@@ -53,13 +58,22 @@ def imagenet_class_names() -> list[str]:
     return list(_class_names())
 
 
-def imagenet_preprocess_info(image_size=224, crop_pct: float = CROP_PCT) -> dict:
+def crop_pct_for(image_size) -> float:
+    """timm's crop_pct for a Google / augreg ViT at this input size: 1.0 for the 384-pixel
+    fine-tunes (timm's pretrained configs for every ``vit_*_384`` model), else 0.9."""
+    return CROP_PCT_384 if max(_hw(image_size)) == 384 else CROP_PCT
+
+
+def imagenet_preprocess_info(image_size=224, crop_pct: float | None = None) -> dict:
     """The preprocessing of a ViT checkpoint at this input size, as a dict.
 
     {"resize": shorter side before the crop (int, square crops) or (H', W'),
      "crop": (H, W), "crop_pct", "interpolation": "bicubic", "mean", "std"}.
+    crop_pct None: ``crop_pct_for(image_size)`` (0.9, or 1.0 at 384 pixels, as timm).
     """
     H, W = _hw(image_size)
+    if crop_pct is None:
+        crop_pct = crop_pct_for((H, W))
     crop_pct = check_float("crop_pct", crop_pct, minimum=0.0, maximum=1.0, open_min=True)
     resize = (math.floor(H / crop_pct), math.floor(W / crop_pct))
     return {"resize": resize[0] if H == W else resize, "crop": (H, W), "crop_pct": crop_pct,
@@ -84,7 +98,7 @@ def _hw(image_size) -> tuple[int, int]:
     return int(H), int(W)
 
 
-def preprocess_imagenet(image, image_size=224, crop_pct: float = CROP_PCT,
+def preprocess_imagenet(image, image_size=224, crop_pct: float | None = None,
                         mean=IMAGENET_MEAN_VIT, std=IMAGENET_STD_VIT, dtype="float32") -> np.ndarray:
     """A PIL image (or a path to one) -> (1, H, W, 3) array, channels last, ready for a ViT.
 
@@ -96,18 +110,21 @@ def preprocess_imagenet(image, image_size=224, crop_pct: float = CROP_PCT,
     3. cut the centre (H, W) crop, top = round((h' - H) / 2), left likewise;
     4. divide by 255, subtract mean and divide by std per channel.
 
-    Defaults follow the Google ViT checkpoints as timm serves them: crop_pct 0.9,
-    bicubic, mean = std = 0.5, so values land in [-1, 1]. crop_pct=1.0 keeps the
-    whole shorter side. Returns float32 (or dtype) of shape (1, H, W, 3).
+    Defaults follow the Google ViT checkpoints as timm serves them: crop_pct None
+    means ``crop_pct_for(image_size)`` (0.9, but 1.0 at 384 pixels), bicubic,
+    mean = std = 0.5, so values land in [-1, 1]. crop_pct=1.0 keeps the whole
+    shorter side. Returns float32 (or dtype) of shape (1, H, W, 3).
     """
     from PIL import Image
 
     if isinstance(image, (str, os.PathLike)):
-        with Image.open(image) as im:
+        with open_image(image) as im:                # size checked before decoding; one-line errors
             image = im.convert("RGB")
     elif not isinstance(image, Image.Image):
         raise TypeError(f"image: expected a PIL image or a path, got {describe(image)}")
     H, W = _hw(image_size)
+    if crop_pct is None:
+        crop_pct = crop_pct_for((H, W))
     crop_pct = check_float("crop_pct", crop_pct, minimum=0.0, maximum=1.0, open_min=True)
     mean = np.asarray(mean, dtype=np.float64).reshape(-1)
     std = np.asarray(std, dtype=np.float64).reshape(-1)

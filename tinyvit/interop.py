@@ -49,27 +49,45 @@ follows that code to the last digit), and for timm the number of heads (a
 fused (3D, D) qkv weight does not show it; the standard widths 192/384/768/
 1024/1280 are recognised).
 
-Position embeddings are resampled bilinearly (as ``torch.nn.functional.interpolate``
-with ``mode="bilinear", align_corners=False, antialias=False``) when the image
-size asked for gives a different patch grid from the checkpoint's.
+When the image size asked for gives a different patch grid from the
+checkpoint's, the position embeddings are resampled (``resample=``):
+"bicubic" (the default) is antialiased bicubic, the numbers of
+``F.interpolate(mode="bicubic", antialias=True, align_corners=False)``, which
+is what timm does when it loads a state dict into a model of another size
+(``timm.create_model(..., img_size=...)``, ``resample_abs_pos_embed``);
+"bilinear" is ``F.interpolate(mode="bilinear", antialias=False)``, what older
+timm code and earlier tinyvit did. The two give different logits (about 1e-2
+relative on a real checkpoint), so pick the one the reference you compare with used.
+
+The arrays of an ``.npz`` are read in two steps: the headers first (shapes,
+dtypes), from which the config is inferred and the layout checked, then the
+data; a file whose header claims more than it holds, or more than the config
+asks for, fails with one line before anything large is allocated.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
-import tempfile
 import warnings
 from collections.abc import Mapping
 
 import numpy as np
 
 from ._checks import check_choice, describe
+from ._files import NpzReader, check_memory, save_npz
 from .layers import sincos_pos_embed
 from .model import DTYPES, GELUS, POOLS, ViT, ViTConfig
 
+# LayerScale (timm's blocks.{i}.ls1.gamma / ls2.gamma): read and written when ViTConfig has it
+HAS_LAYER_SCALE = "layer_scale" in {f.name for f in dataclasses.fields(ViTConfig)}
+LAYER_SCALE_INIT = 1e-5          # the config's init value for a loaded file (the file holds the gammas)
+RESAMPLE_METHODS = ("bicubic", "bilinear")
+DEFAULT_RESAMPLE = "bicubic"     # timm's: create_model(..., img_size=...) on a state dict
+
 __all__ = ["load_google_vit", "save_google_vit", "load_timm", "save_timm", "load_model",
-           "detect_format", "resize_bilinear", "resample_pos_embed", "google_arrays",
+           "detect_format", "resize_bilinear", "resize_bicubic", "resample_pos_embed", "google_arrays",
            "timm_arrays", "TIMM_HEADS"]
 
 GOOGLE_PREFIX = "opt/target/"
@@ -111,24 +129,84 @@ def resize_bilinear(grid: np.ndarray, size) -> np.ndarray:
     separable, rows first then columns, computed in float64 and returned in the
     input's dtype. No antialiasing when shrinking.
     """
+    return _resize_separable(grid, size, _interp_matrix)
+
+
+def _keys_cubic(x: np.ndarray, a: float = -0.5) -> np.ndarray:
+    """Keys' cubic convolution kernel (a = -0.5, as Pillow and torch's antialiased bicubic use)."""
+    x = np.abs(x)
+    near = ((a + 2) * x - (a + 3)) * x * x + 1                     # |x| < 1
+    far = ((a * x - 5 * a) * x + 8 * a) * x - 4 * a                # 1 <= |x| < 2
+    return np.where(x < 1, near, np.where(x < 2, far, 0.0))
+
+
+def _aa_bicubic_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) weights of 1-D antialiased bicubic resampling, half-pixel centres.
+
+    Output sample i is centred at input coordinate c = (i + 0.5) * s, s = n_in / n_out.
+    When shrinking (s > 1) the cubic kernel is stretched by s, so it averages over
+    every input it covers (the antialiasing); when enlarging it keeps its width of 4.
+    Inputs j with |j + 0.5 - c| inside the kernel's support get weight
+    kernel((j + 0.5 - c) / max(s, 1)); each row is divided by its sum, which also
+    handles the borders (no clamped or mirrored samples). This is the scheme of
+    Pillow's resize and of torch.nn.functional.interpolate(mode="bicubic",
+    antialias=True, align_corners=False).
+    """
+    scale = n_in / n_out
+    stretch = max(scale, 1.0)
+    support = 2.0 * stretch
+    A = np.zeros((n_out, n_in), dtype=np.float64)
+    for i in range(n_out):                                          # n_out <= a few hundred
+        centre = scale * (i + 0.5)
+        lo = max(int(centre - support + 0.5), 0)                    # int(): toward zero, as torch
+        hi = min(int(centre + support + 0.5), n_in)
+        j = np.arange(lo, hi)
+        w = _keys_cubic((j - centre + 0.5) / stretch)
+        total = w.sum()
+        A[i, lo:hi] = w / total if total != 0 else w
+    return A
+
+
+def _resize_separable(grid: np.ndarray, size, matrix) -> np.ndarray:
     if not isinstance(grid, np.ndarray) or grid.ndim != 3:
         raise ValueError(f"grid: expected an array of shape (h, w, D), got {describe(grid)}")
     h2, w2 = _pair("size", size)
     h, w, D = grid.shape
-    Ah, Aw = _interp_matrix(h, h2), _interp_matrix(w, w2)                  # (h2, h), (w2, w)
+    check_memory("size", f"{h2}x{w2}", h2 * w2 * D * 8 * 3, f"a resampled grid of width {D}")
+    Ah, Aw = matrix(h, h2), matrix(w, w2)                                  # (h2, h), (w2, w)
     x = grid.astype(np.float64)
     x = (Ah @ x.reshape(h, w * D)).reshape(h2, w, D)                       # rows
     x = np.matmul(Aw, x)                                                   # (h2, w2, D), columns
     return x.astype(grid.dtype)
 
 
-def resample_pos_embed(pos_embed: np.ndarray, new_grid, old_grid=None) -> np.ndarray:
+def resize_bicubic(grid: np.ndarray, size) -> np.ndarray:
+    """Antialiased bicubic resize of a (h, w, D) array to (h2, w2, D), channels last.
+
+    The numbers of ``torch.nn.functional.interpolate(x, size, mode="bicubic",
+    align_corners=False, antialias=True)`` on the (1, D, h, w) transpose, which is
+    what timm's ``resample_abs_pos_embed`` calls (timm computes in float32, this in
+    float64, returned in the input's dtype). See ``_aa_bicubic_matrix``.
+    """
+    return _resize_separable(grid, size, _aa_bicubic_matrix)
+
+
+def resample_pos_embed(pos_embed: np.ndarray, new_grid, old_grid=None,
+                       method: str = DEFAULT_RESAMPLE) -> np.ndarray:
     """pos_embed (1, 1 + gh*gw, D) -> (1, 1 + gh2*gw2, D).
 
     The CLS position is kept as it is; the patch positions, laid out row by row
-    on the (gh, gw) grid, are resized bilinearly to (gh2, gw2). old_grid defaults
-    to the square grid that fits the number of patches.
+    on the (gh, gw) grid, are resized to (gh2, gw2). old_grid defaults to the
+    square grid that fits the number of patches.
+
+    method "bicubic" (default): antialiased bicubic, what timm does when it loads a
+        state dict into a model of another image size (``timm.create_model(...,
+        img_size=...)`` and ``resample_abs_pos_embed``, for timm and Google files alike).
+    method "bilinear": ``F.interpolate(mode="bilinear", antialias=False)``, what
+        older timm code (``resize_pos_embed(..., interpolation="bilinear")``) and
+        tinyvit before this option did.
     """
+    check_choice("method", method, RESAMPLE_METHODS)
     if not isinstance(pos_embed, np.ndarray) or pos_embed.ndim != 3 or pos_embed.shape[0] != 1 \
             or pos_embed.shape[1] < 2:
         raise ValueError(f"pos_embed: expected shape (1, T, D) with T >= 2, got {describe(pos_embed)}")
@@ -140,7 +218,8 @@ def resample_pos_embed(pos_embed: np.ndarray, new_grid, old_grid=None) -> np.nda
     gh2, gw2 = _pair("new_grid", new_grid)
     if (gh2, gw2) == (gh, gw):
         return pos_embed.copy()
-    patches = resize_bilinear(pos_embed[0, 1:].reshape(gh, gw, D), (gh2, gw2))   # (gh2, gw2, D)
+    resize = resize_bicubic if method == "bicubic" else resize_bilinear
+    patches = resize(pos_embed[0, 1:].reshape(gh, gw, D), (gh2, gw2))      # (gh2, gw2, D)
     return np.concatenate([pos_embed[:, :1], patches.reshape(1, gh2 * gw2, D)], axis=1)
 
 
@@ -167,28 +246,23 @@ def _square_grid(name, n: int) -> tuple[int, int]:
 # ---------------------------------------------------------------------------
 # Reading a file, checking a layout
 # ---------------------------------------------------------------------------
-def _read_arrays(path_or_dict, what: str) -> dict[str, np.ndarray]:
-    """A dict name -> ndarray from an .npz path or a mapping of arrays."""
+class _Header:
+    """An array of a file not read yet: its shape and dtype from the .npy header."""
+
+    def __init__(self, reader: NpzReader, name: str):
+        self.reader, self.name = reader, name
+        self.shape, self.dtype = reader.shapes[name], reader.dtypes[name]
+        self.ndim = len(self.shape)
+
+
+def _read_arrays(path_or_dict, what: str) -> dict:
+    """name -> array (from a mapping) or _Header (from an .npz path: shapes known, data not
+    read). ``_materialize`` reads the data once the layout has been checked."""
     if isinstance(path_or_dict, Mapping):
         items = dict(path_or_dict)
     elif isinstance(path_or_dict, (str, os.PathLike)):
-        path = os.fspath(path_or_dict)
-        try:
-            loaded = np.load(path, allow_pickle=False)
-        except ValueError as err:                          # pickled or unreadable content
-            raise ValueError(f"path: expected an .npz archive of named arrays, got {path!r} "
-                             f"which NumPy cannot read without pickle ({err})") from None
-        if not isinstance(loaded, np.lib.npyio.NpzFile):
-            raise ValueError(f"path: expected an .npz archive of named arrays, got a single "
-                             f"array in {path!r}")
-        with loaded:
-            items = {}
-            for k in loaded.files:
-                try:
-                    items[k] = loaded[k]
-                except ValueError as err:                  # an object array inside the archive
-                    raise ValueError(f"{path}: array {k!r} cannot be read without pickle ({err})") \
-                        from None
+        reader = NpzReader(path_or_dict, what)             # one-line errors naming the file
+        items = {k: _Header(reader, k) for k in reader.files}
     else:
         raise TypeError(f"{what}: expected a path to an .npz file or a dict of arrays, "
                         f"got {describe(path_or_dict)}")
@@ -196,11 +270,42 @@ def _read_arrays(path_or_dict, what: str) -> dict[str, np.ndarray]:
     for k, v in items.items():
         if not isinstance(k, str):
             raise TypeError(f"{what}: expected string keys, got {describe(k)}")
-        v = np.asarray(v)
+        v = v if isinstance(v, _Header) else np.asarray(v)
         if v.dtype.kind != "f":
             raise TypeError(f"{what}[{k!r}]: expected a floating-point array, got dtype {v.dtype}")
         out[k] = v
     return out
+
+
+def _materialize(arrays: dict) -> dict:
+    """The same dict with every _Header replaced by its data (the file is closed after)."""
+    out = {k: v.reader.read(v.name) if isinstance(v, _Header) else v for k, v in arrays.items()}
+    for v in arrays.values():
+        if isinstance(v, _Header):
+            v.reader.close()
+    return out
+
+
+def _sizes(arrays, key: str, letters: str, show=lambda k: k) -> tuple[int, ...]:
+    """The shape of arrays[key], checked to have one axis per letter, each of size >= 1
+    (config inference reads sizes off these; a 0-d bias or 0 heads stops here)."""
+    shape = tuple(arrays[key].shape)
+    if len(shape) != len(letters) or min(shape, default=1) < 1:
+        want = "(" + ", ".join(letters) + ("," if len(letters) == 1 else "") + ")"
+        raise ValueError(f"{show(key)}: expected shape {want} with every size >= 1, got {shape}")
+    return shape
+
+
+def _depth(arrays, head: str, sep: str, fmt: str) -> int:
+    """The number of blocks, from the highest block index (gaps are then reported as
+    missing keys). An index beyond the number of arrays in the file cannot be a real
+    block: refused, so a name like blocks.999999999 cannot make the layout table huge."""
+    found = _block_indices(arrays, head, sep)
+    depth = found[-1] + 1 if found else 0
+    if depth > len(arrays):
+        raise ValueError(f"{fmt} checkpoint: expected block numbers below the {len(arrays)} arrays "
+                         f"in the file, got {head}{found[-1]}{sep}...")
+    return depth
 
 
 def _check_layout(arrays: dict, expected: dict, fmt: str, show=lambda k: k):
@@ -270,7 +375,7 @@ def _grids(T: int, P: int, image_size, checkpoint_grid):
     return src, grid, (grid[0] * P, grid[1] * P)
 
 
-def _positions(pos, src, grid, pos_embed, dim, fmt, notes):
+def _positions(pos, src, grid, pos_embed, dim, fmt, notes, resample=None):
     """The checkpoint's (1, T, D) position embedding, fitted to the new grid -> (value or None)."""
     if pos_embed == "sincos":
         table = sincos_pos_embed(src[0], src[1], dim, cls_token=True, dtype=np.float64)
@@ -281,9 +386,13 @@ def _positions(pos, src, grid, pos_embed, dim, fmt, notes):
                              f"to {err:.3g}; load it with pos_embed='learned'")
         return None
     if src != tuple(grid):
-        notes.append(f"position embeddings resampled bilinearly from a {src[0]}x{src[1]} grid "
+        check_memory("image_size", f"{grid[0]}x{grid[1]} patches", grid[0] * grid[1] * dim * 8 * 3,
+                     "the resampled position embeddings")
+        resample = resample or DEFAULT_RESAMPLE
+        how = "bilinearly" if resample == "bilinear" else "bicubically with antialiasing"
+        notes.append(f"position embeddings resampled {how} from a {src[0]}x{src[1]} grid "
                      f"to {grid[0]}x{grid[1]}")
-        return resample_pos_embed(pos, grid, src)
+        return resample_pos_embed(pos, grid, src, method=resample)
     return pos
 
 
@@ -293,7 +402,8 @@ def _make_model(cfg_kw, params, dtype):
     return ViT(cfg, params)
 
 
-def _check_options(pool, gelu, pos_embed, dtype):
+def _check_options(pool, gelu, pos_embed, dtype, resample=DEFAULT_RESAMPLE):
+    check_choice("resample", resample, RESAMPLE_METHODS)
     check_choice("pool", pool, POOLS)
     check_choice("gelu", gelu, GELUS)
     check_choice("pos_embed", pos_embed, ("learned", "sincos"))
@@ -303,18 +413,12 @@ def _check_options(pool, gelu, pos_embed, dtype):
 
 
 def _save_npz(arrays: dict, path) -> None:
-    """Write arrays to path atomically: a temporary file in the same directory, then rename."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """Write arrays to path atomically (tinyvit._files: temporary file, then rename)."""
+    save_npz(path, arrays)
+
+
+def _layer_scale(cfg) -> bool:
+    return getattr(cfg, "layer_scale", None) is not None
 
 
 def _model_arrays(model):
@@ -355,6 +459,9 @@ def google_arrays(model: ViT) -> dict[str, np.ndarray]:
     writes its fixed table as the position embedding.
     """
     cfg, p, pos = _model_arrays(model)
+    if _layer_scale(cfg):
+        raise ValueError("model: the Google ViT layout has no LayerScale (ls1/ls2 gammas); save a "
+                         f"model with layer_scale={cfg.layer_scale} with save_timm instead")
     P, C, D, h, d = cfg.patch_size, cfg.in_channels, cfg.dim, cfg.heads, cfg.head_dim
     out = {"embedding/kernel": p["patch_embed.W"].reshape(P, P, C, D),
            "embedding/bias": p["patch_embed.b"], "cls": p["cls_token"], GOOGLE_POS: pos}
@@ -388,8 +495,8 @@ def save_google_vit(model: ViT, path) -> None:
 
 
 def _load_google(path_or_dict, image_size=None, *, pool="cls", gelu="exact", dtype="float32",
-                 pos_embed="learned", checkpoint_grid=None):
-    dtype = _check_options(pool, gelu, pos_embed, dtype)
+                 pos_embed="learned", checkpoint_grid=None, resample=DEFAULT_RESAMPLE):
+    dtype = _check_options(pool, gelu, pos_embed, dtype, resample)
     raw = _read_arrays(path_or_dict, "checkpoint")
     fmt = "Google ViT"
     prefix = GOOGLE_PREFIX if any(k.startswith(GOOGLE_PREFIX) for k in raw) else ""
@@ -422,27 +529,26 @@ def _load_google(path_or_dict, image_size=None, *, pool="cls", gelu="exact", dty
             _either(arrays, blk0 + "MlpBlock_3/Dense_0/bias", blk0 + "MlpBlock_3/Dense_0/kernel"),
             _either(arrays, "head/bias", "head/kernel"), GOOGLE_POS]
     _need(arrays, need, fmt, show)
-    kern = arrays["embedding/kernel"]
-    if kern.ndim != 4 or kern.shape[0] != kern.shape[1]:
-        raise ValueError(f"{show('embedding/kernel')}: expected shape (P, P, C, D), got {kern.shape}")
-    P, _, C, D = kern.shape
-    q = arrays[need[1]]
-    if q.ndim != 3:
-        raise ValueError(f"{show(need[1])}: expected shape (D, h, d), got {q.shape}")
-    h = q.shape[1]
-    M, K = arrays[need[2]].shape[-1], arrays[need[3]].shape[-1]   # the bias when there is one
-    pos = arrays[GOOGLE_POS]
-    if pos.ndim != 3 or pos.shape[1] < 2:
-        raise ValueError(f"{show(GOOGLE_POS)}: expected shape (1, T, D), got {pos.shape}")
-    T = pos.shape[1]
-    depth = max(_block_indices(arrays, "Transformer/encoderblock_", "/")) + 1
-    if D % h:
-        raise ValueError(f"{show(need[1])}: expected (D, h, d) with h * d = D = {D}, got {q.shape}")
+    P, P2, C, D = _sizes(arrays, "embedding/kernel", "PPCD", show)
+    if P != P2:
+        raise ValueError(f"{show('embedding/kernel')}: expected shape (P, P, C, D) with square "
+                         f"patches, got {(P, P2, C, D)}")
+    q = _sizes(arrays, need[1], "Dhd", show)
+    h = q[1]
+    M = _sizes(arrays, need[2], "M" if need[2].endswith("bias") else "DM", show)[-1]
+    K = _sizes(arrays, need[3], "K" if need[3].endswith("bias") else "DK", show)[-1]
+    T = _sizes(arrays, GOOGLE_POS, "1TD", show)[1]
+    if T < 2:
+        raise ValueError(f"{show(GOOGLE_POS)}: expected shape (1, T, D) with T >= 2, got "
+                         f"{arrays[GOOGLE_POS].shape}")
+    depth = _depth(arrays, "Transformer/encoderblock_", "/", fmt)
+    if h * q[2] != D:
+        raise ValueError(f"{show(need[1])}: expected (D, h, d) with h * d = D = {D}, got {q}")
     _check_layout(arrays, _google_shapes(D, h, M, K, P, C, depth, T), fmt, show)
 
     src, grid, size = _grids(T, P, image_size, checkpoint_grid)
-    pos = _positions(pos, src, grid, pos_embed, D, fmt, notes)
-    a = arrays
+    a = _materialize(arrays)
+    pos = _positions(a[GOOGLE_POS], src, grid, pos_embed, D, fmt, notes, resample)
     p = {"patch_embed.W": a["embedding/kernel"].reshape(P * P * C, D),      # row (py*P+px)*C + c
          "patch_embed.b": a["embedding/bias"], "cls_token": a["cls"]}
     if pos is not None:
@@ -473,7 +579,7 @@ def _load_google(path_or_dict, image_size=None, *, pool="cls", gelu="exact", dty
 
 def load_google_vit(path_or_dict, image_size=None, *, pool: str = "cls", gelu: str = "exact",
                     dtype: str = "float32", pos_embed: str = "learned",
-                    checkpoint_grid=None) -> ViT:
+                    checkpoint_grid=None, resample: str = DEFAULT_RESAMPLE) -> ViT:
     """Read a Google ViT ``.npz`` (or a dict of its arrays) into a tinyvit ``ViT``.
 
     The config is read off the arrays: P, C, D from ``embedding/kernel`` (P, P, C, D),
@@ -483,7 +589,9 @@ def load_google_vit(path_or_dict, image_size=None, *, pool: str = "cls", gelu: s
     grid of ``image_size`` (or ``checkpoint_grid``) has T - 1 patches.
 
     image_size: int or (H, W); None keeps the checkpoint's. When its grid differs,
-        the position embeddings are resampled bilinearly (the CLS position kept).
+        the position embeddings are resampled (the CLS position kept), with
+    resample: "bicubic" (default: antialiased, what timm does when it loads a file at
+        another size) or "bilinear" (F.interpolate bilinear); see ``resample_pos_embed``.
     pool, gelu: not recorded in the file. Defaults "cls" (the release's
         classifier="token") and "exact" (timm's; "tanh" is what the JAX code computes).
     dtype: "float32" (default) or "float64"; the arrays are converted to it.
@@ -496,13 +604,13 @@ def load_google_vit(path_or_dict, image_size=None, *, pool: str = "cls", gelu: s
     Any missing key, unexpected key or wrong shape: one ValueError listing them all.
     """
     return _load_google(path_or_dict, image_size, pool=pool, gelu=gelu, dtype=dtype,
-                        pos_embed=pos_embed, checkpoint_grid=checkpoint_grid)[0]
+                        pos_embed=pos_embed, checkpoint_grid=checkpoint_grid, resample=resample)[0]
 
 
 # ---------------------------------------------------------------------------
 # timm layout
 # ---------------------------------------------------------------------------
-def _timm_shapes(D, M, K, P, C, depth, T) -> dict[str, tuple]:
+def _timm_shapes(D, M, K, P, C, depth, T, layer_scale: bool = False) -> dict[str, tuple]:
     s = {"cls_token": (1, 1, D), "pos_embed": (1, T, D), "patch_embed.proj.weight": (D, C, P, P),
          "patch_embed.proj.bias": (D,)}
     for i in range(depth):
@@ -513,6 +621,8 @@ def _timm_shapes(D, M, K, P, C, depth, T) -> dict[str, tuple]:
                   b + "norm2.weight": (D,), b + "norm2.bias": (D,),
                   b + "mlp.fc1.weight": (M, D), b + "mlp.fc1.bias": (M,),
                   b + "mlp.fc2.weight": (D, M), b + "mlp.fc2.bias": (D,)})
+        if layer_scale:
+            s.update({b + "ls1.gamma": (D,), b + "ls2.gamma": (D,)})
     s.update({"norm.weight": (D,), "norm.bias": (D,), "head.weight": (K, D), "head.bias": (K,)})
     return s
 
@@ -536,9 +646,13 @@ def timm_arrays(model: ViT) -> dict[str, np.ndarray]:
             out[t + theirs + ".weight"], out[t + theirs + ".bias"] = p[t + ours + ".gamma"], p[t + ours + ".beta"]
         for name in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"):
             out[t + name + ".weight"], out[t + name + ".bias"] = p[t + name + ".W"].T, p[t + name + ".b"]
+        if _layer_scale(cfg):
+            for name in ("ls1", "ls2"):
+                out[t + name + ".gamma"] = p[t + name + ".gamma"]
     out["norm.weight"], out["norm.bias"] = p["norm.gamma"], p["norm.beta"]
     out["head.weight"], out["head.bias"] = p["head.W"].T, p["head.b"]
-    order = list(_timm_shapes(D, cfg.mlp_dim, cfg.num_classes, P, C, cfg.depth, cfg.num_tokens))
+    order = list(_timm_shapes(D, cfg.mlp_dim, cfg.num_classes, P, C, cfg.depth, cfg.num_tokens,
+                              _layer_scale(cfg)))
     return {k: np.ascontiguousarray(out[k]) for k in order}
 
 
@@ -557,36 +671,53 @@ def save_timm(model: ViT, path) -> None:
 
 
 _FC_NORM_MSG = (
-    "fc_norm.weight, fc_norm.bias: this timm model averages the patch tokens first and then "
-    "applies a layer norm (global_pool='avg' with fc_norm); tinyvit applies its final layer norm "
-    "to every token and then averages, LN(mean(x)) != mean(LN(x)), so these weights cannot be "
-    "loaded exactly. Files written by tinyvit's save_timm for pool='mean' use 'norm' instead "
-    "(timm side: global_pool='avg', fc_norm=False, class_token=True).")
+    "fc_norm.weight, fc_norm.bias with pool='mean': this timm model averages the patch tokens "
+    "first and then applies a layer norm (global_pool='avg' with fc_norm); tinyvit applies its "
+    "final layer norm to every token and then averages, LN(mean(x)) != mean(LN(x)), so these "
+    "weights cannot be loaded exactly for mean pooling (with pool='cls' they load as the final "
+    "norm: the same function). Files written by tinyvit's save_timm for pool='mean' use 'norm' "
+    "instead (timm side: global_pool='avg', fc_norm=False, class_token=True).")
 
 
 def _load_timm(path_or_dict, image_size=None, *, heads=None, pool="cls", gelu="exact",
-               dtype="float32", pos_embed="learned", checkpoint_grid=None):
-    dtype = _check_options(pool, gelu, pos_embed, dtype)
+               dtype="float32", pos_embed="learned", checkpoint_grid=None, resample=DEFAULT_RESAMPLE):
+    dtype = _check_options(pool, gelu, pos_embed, dtype, resample)
     a = _read_arrays(path_or_dict, "state_dict")
     fmt = "timm"
-    fc = [k for k in a if k.startswith("fc_norm.")]
-    if fc:
-        raise ValueError(_FC_NORM_MSG)
+    notes = []
+    if any(k.startswith("fc_norm.") for k in a):
+        # timm's fc_norm: the final norm applied after pooling (its `norm` is then an identity
+        # and absent from the file). Pooling the CLS token first and normalising it, or
+        # normalising every token and then taking the CLS token, is the same function.
+        if pool != "cls":
+            raise ValueError(_FC_NORM_MSG)
+        if any(k.startswith("norm.") for k in a):
+            raise ValueError("norm.weight and fc_norm.weight: expected one final norm (timm makes "
+                             "the other an identity), got both")
+        a = {("norm." + k[len("fc_norm."):] if k.startswith("fc_norm.") else k): v for k, v in a.items()}
+        notes.append("fc_norm read as the final norm: with CLS pooling (pool='cls') normalising the "
+                     "pooled CLS token equals normalising every token first")
     need = ["patch_embed.proj.weight", _either(a, "blocks.0.mlp.fc1.bias", "blocks.0.mlp.fc1.weight"),
             _either(a, "head.bias", "head.weight"), "pos_embed"]
     _need(a, need, fmt)
-    w = a["patch_embed.proj.weight"]
-    if w.ndim != 4 or w.shape[2] != w.shape[3]:
-        raise ValueError(f"patch_embed.proj.weight: expected shape (D, C, P, P), got {w.shape}")
-    D, C, P, _ = w.shape
-    M, K = a[need[1]].shape[0], a[need[2]].shape[0]     # from the bias when there is one
-    pos = a["pos_embed"]
-    if pos.ndim != 3 or pos.shape[1] < 2:
-        raise ValueError(f"pos_embed: expected shape (1, T, D), got {pos.shape}")
-    T = pos.shape[1]
-    depth = max(_block_indices(a, "blocks.", ".")) + 1
-    _check_layout(a, _timm_shapes(D, M, K, P, C, depth, T), fmt)
-    notes = []
+    D, C, P, P2 = _sizes(a, "patch_embed.proj.weight", "DCPP")
+    if P != P2:
+        raise ValueError(f"patch_embed.proj.weight: expected shape (D, C, P, P) with square patches, "
+                         f"got {(D, C, P, P2)}")
+    M = _sizes(a, need[1], "M" if need[1].endswith("bias") else "MD")[0]   # the bias when there is one
+    K = _sizes(a, need[2], "K" if need[2].endswith("bias") else "KD")[0]
+    T = _sizes(a, "pos_embed", "1TD")[1]
+    if T < 2:
+        raise ValueError(f"pos_embed: expected shape (1, T, D) with T >= 2, got {a['pos_embed'].shape}")
+    depth = _depth(a, "blocks.", ".", fmt)
+    layer_scale = HAS_LAYER_SCALE and any(".ls1.gamma" in k or ".ls2.gamma" in k for k in a)
+    try:
+        _check_layout(a, _timm_shapes(D, M, K, P, C, depth, T, layer_scale), fmt)
+    except ValueError as e:
+        if not HAS_LAYER_SCALE and any(".ls1.gamma" in k or ".ls2.gamma" in k for k in a):
+            raise ValueError(f"{e}\n  (ls1.gamma/ls2.gamma are LayerScale, which this tinyvit's "
+                             "ViTConfig does not have)") from None
+        raise
     if heads is None:
         if D not in TIMM_HEADS:
             raise ValueError(f"heads: a timm state dict does not record the number of heads "
@@ -599,7 +730,9 @@ def _load_timm(path_or_dict, image_size=None, *, heads=None, pool="cls", gelu="e
         raise ValueError(f"heads: expected a positive divisor of D={D}, got {heads!r}")
 
     src, grid, size = _grids(T, P, image_size, checkpoint_grid)
-    pos = _positions(pos, src, grid, pos_embed, D, fmt, notes)
+    a = _materialize(a)
+    pos = _positions(a["pos_embed"], src, grid, pos_embed, D, fmt, notes, resample)
+    w = a["patch_embed.proj.weight"]
     p = {"patch_embed.W": w.transpose(2, 3, 1, 0).reshape(P * P * C, D),   # (D,C,P,P) -> (P,P,C,D)
          "patch_embed.b": a["patch_embed.proj.bias"], "cls_token": a["cls_token"]}
     if pos is not None:
@@ -610,17 +743,24 @@ def _load_timm(path_or_dict, image_size=None, *, heads=None, pool="cls", gelu="e
             p[t + n + ".gamma"], p[t + n + ".beta"] = a[t + n + ".weight"], a[t + n + ".bias"]
         for n in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"):
             p[t + n + ".W"], p[t + n + ".b"] = a[t + n + ".weight"].T, a[t + n + ".bias"]
+        if layer_scale:
+            for n in ("ls1", "ls2"):
+                p[t + n + ".gamma"] = a[t + n + ".gamma"]          # same name, same (D,) vector
     p["norm.gamma"], p["norm.beta"] = a["norm.weight"], a["norm.bias"]
     p["head.W"], p["head.b"] = a["head.weight"].T, a["head.bias"]
     cfg_kw = dict(image_size=size, in_channels=C, patch_size=P, dim=D, depth=depth, heads=int(heads),
                   mlp_dim=M, num_classes=K, pool=pool, gelu=gelu, pos_embed=pos_embed)
+    if layer_scale:
+        cfg_kw["layer_scale"] = LAYER_SCALE_INIT
+        notes.append(f"LayerScale (ls1.gamma, ls2.gamma) loaded; layer_scale={LAYER_SCALE_INIT} is "
+                     "only the config's init value, the file's gammas are used")
     model = _make_model(cfg_kw, p, dtype)
     return model, {"format": "timm", "ignored": [], "notes": notes, "checkpoint_grid": src}
 
 
 def load_timm(path_or_dict, image_size=None, *, heads: int | None = None, pool: str = "cls",
               gelu: str = "exact", dtype: str = "float32", pos_embed: str = "learned",
-              checkpoint_grid=None) -> ViT:
+              checkpoint_grid=None, resample: str = DEFAULT_RESAMPLE) -> ViT:
     """Read a timm VisionTransformer state dict (an ``.npz`` of named arrays, or a dict) into a ViT.
 
     P, C, D from ``patch_embed.proj.weight`` (D, C, P, P), M from ``fc1.weight``
@@ -630,16 +770,20 @@ def load_timm(path_or_dict, image_size=None, *, heads: int | None = None, pool: 
     heads: not in the file; None recognises the standard widths in ``TIMM_HEADS``
         (192 -> 3, 384 -> 6, 768 -> 12, 1024 -> 16, 1280 -> 16) and otherwise asks for it.
     pool: "cls" (timm's global_pool="token", the default) or "mean" for a file
-        written by ``save_timm`` from a pool="mean" model. Files with ``fc_norm``
-        (timm's global_pool="avg" default) are refused with an explanation:
-        normalise-then-average (tinyvit) and average-then-normalise (timm's
-        fc_norm) are different functions.
+        written by ``save_timm`` from a pool="mean" model. A file with ``fc_norm``
+        (the final norm applied after pooling) loads with pool="cls", where it is
+        the same function as tinyvit's final norm; with pool="mean" it is refused
+        with an explanation: normalise-then-average (tinyvit) and
+        average-then-normalise (timm's fc_norm) are different functions.
+    LayerScale (``blocks.{i}.ls1.gamma``, ``ls2.gamma``: DeiT-III, DINOv2-style
+        blocks) loads into ``blocks.{i}.ls1.gamma`` / ``ls2.gamma`` when ViTConfig
+        has ``layer_scale``.
     Other arguments as in ``load_google_vit``. Strict: any missing key,
-    unexpected key (e.g. ``reg_token``, ``ls1.gamma``, ``norm_pre``) or wrong shape
-    gives one ValueError listing them all.
+    unexpected key (e.g. ``reg_token``, ``norm_pre``) or wrong shape gives one
+    ValueError listing them all.
     """
     return _load_timm(path_or_dict, image_size, heads=heads, pool=pool, gelu=gelu, dtype=dtype,
-                      pos_embed=pos_embed, checkpoint_grid=checkpoint_grid)[0]
+                      pos_embed=pos_embed, checkpoint_grid=checkpoint_grid, resample=resample)[0]
 
 
 # ---------------------------------------------------------------------------
@@ -661,14 +805,14 @@ def detect_format(keys) -> str:
 
 
 def load_model(path, image_size=None, *, heads: int | None = None, pool: str = "cls",
-               gelu: str = "exact", dtype: str = "float32"):
+               gelu: str = "exact", dtype: str = "float32", resample: str = DEFAULT_RESAMPLE):
     """Load a Google ViT ``.npz`` or a timm state dict ``.npz``, whichever ``path`` holds.
 
     Returns (model, info) where info has:
       "format": "google" or "timm"
       "class_names": the 1000 ImageNet names (list of str) when K == 1000, else None
       "preprocess": {"resize": int (shorter side before the crop), "crop": (H, W),
-                     "crop_pct": 0.9, "interpolation": "bicubic",
+                     "crop_pct": 0.9 (1.0 for 384-pixel models, as timm), "interpolation": "bicubic",
                      "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
           -- pass it on as ``preprocess_imagenet(img, image_size=crop, crop_pct=...,
           mean=..., std=...)`` (``tinyvit.imagenet.preprocess_kwargs(info)`` does this);
@@ -687,9 +831,11 @@ def load_model(path, image_size=None, *, heads: int | None = None, pool: str = "
         raise ValueError(f"path: {os.fspath(path)!r} holds tinyvit parameter names, not a Google "
                          "or timm checkpoint; load it with tinyvit's checkpoint loader")
     if fmt == "google":
-        model, info = _load_google(arrays, image_size, pool=pool, gelu=gelu, dtype=dtype)
+        model, info = _load_google(arrays, image_size, pool=pool, gelu=gelu, dtype=dtype,
+                                   resample=resample)
     else:
-        model, info = _load_timm(arrays, image_size, heads=heads, pool=pool, gelu=gelu, dtype=dtype)
+        model, info = _load_timm(arrays, image_size, heads=heads, pool=pool, gelu=gelu, dtype=dtype,
+                                 resample=resample)
     from .imagenet import imagenet_preprocess_info, imagenet_class_names
     K = model.config.num_classes
     info["class_names"] = imagenet_class_names() if K == 1000 else None

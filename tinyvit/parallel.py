@@ -34,6 +34,10 @@ from ._checks import check_int, check_labels
 from .model import layers_name
 
 
+class HelperLost(RuntimeError):
+    """A ProcessSplitter helper process ended in the middle of a step (one-line message)."""
+
+
 def _bounds(B: int, workers: int):
     """Near-equal parts of a batch of B: [(start, stop), ...], one per worker."""
     bounds = np.linspace(0, B, workers + 1).astype(int)
@@ -145,6 +149,34 @@ def _layout(cfg, capacity: int, helpers: int):
     return entries, max(offset, 64)
 
 
+def _shared_file(size: int):
+    """(fd, path) of a new file of ``size`` bytes for the shared arrays: in /dev/shm (memory,
+    not disk, on Linux), else the temporary directory. The space is reserved up front, so a
+    full file system is an OSError here, not a SIGBUS when the mapping is first written.
+    The file is named with this process's pid and unlinked once the helpers have mapped it;
+    a parent killed before that leaves it behind, and the next start removes it."""
+    import tempfile
+
+    from ._files import format_bytes, remove_dead_files
+    folders = (["/dev/shm"] if os.path.isdir("/dev/shm") else []) + [tempfile.gettempdir()]
+    errors = []
+    for folder in folders:
+        remove_dead_files(folder, "tinyvit-split-")
+        fd, path = tempfile.mkstemp(prefix=f"tinyvit-split-{os.getpid()}.", dir=folder)
+        try:
+            if hasattr(os, "posix_fallocate"):
+                os.posix_fallocate(fd, 0, size)
+            else:                                        # pragma: no cover - macOS, Windows
+                os.ftruncate(fd, size)
+            return fd, path
+        except OSError as e:
+            os.close(fd)
+            os.unlink(path)
+            errors.append(f"{folder}: {e.strerror or e}")
+    raise OSError(f"ProcessSplitter: expected room for a {format_bytes(size)} shared file, got "
+                  f"none ({'; '.join(errors)}); free some space or train with --workers 1")
+
+
 def _views(buf, layout) -> dict:
     return {key: np.ndarray(shape, dtype=dt, buffer=buf, offset=off)
             for key, (off, shape, dt) in layout.items()}
@@ -167,21 +199,19 @@ class ProcessSplitter:
         self.model = model
         self.workers = check_int("workers", workers, minimum=1)
         self._procs, self._map, self._views, self._capacity = [], None, None, 0
+        self.restarts = 0                                # helpers replaced after dying
 
     # -- the helpers ------------------------------------------------------------------------
     def _start(self, capacity: int) -> None:
         import mmap
         import subprocess
-        import tempfile
 
         from ._env import THREAD_VARS, tuned_env
         self.close()
         helpers = self.workers - 1
         layout, size = _layout(self.model.config, capacity, helpers)
-        folder = "/dev/shm" if os.path.isdir("/dev/shm") else None   # memory, not disk, on Linux
-        fd, path = tempfile.mkstemp(prefix="tinyvit-split-", dir=folder)
+        fd, path = _shared_file(size)
         try:
-            os.ftruncate(fd, size)
             self._map = mmap.mmap(fd, size)
         finally:
             os.close(fd)
@@ -232,19 +262,33 @@ class ProcessSplitter:
     def _lost(self, h: int):
         code = self._procs[h].wait()
         self.close()
-        raise RuntimeError(f"ProcessSplitter: helper process {h + 1} ended (exit code {code}); "
-                           "the next step starts a new one")
+        raise HelperLost(f"ProcessSplitter: helper process {h + 1} ended (exit code {code})")
 
     # -- one step ---------------------------------------------------------------------------
     def loss_and_grads(self, images, labels, label_smoothing: float = 0.0,
                        last_block_cls_only: bool | None = None):
-        """The same (loss, grads, logits) as BatchSplitter(model, workers).loss_and_grads."""
+        """The same (loss, grads, logits) as BatchSplitter(model, workers).loss_and_grads.
+
+        A helper that dies (killed, out of memory) is replaced and the step computed again:
+        a step is a pure function of the parameters and the batch, so the result is the
+        same. A second loss in the same step raises HelperLost."""
         B = len(images)
         if self.workers == 1 or B < 2 * self.workers:
             return self.model.loss_and_grads(images, labels, label_smoothing, last_block_cls_only)
         # the checks loss_and_grads makes, before any part is copied (and so converted)
         self.model.check_images(images)
         check_labels("labels", labels, self.model.config.num_classes, batch=B)
+        try:
+            return self._split_step(images, labels, label_smoothing, last_block_cls_only)
+        except HelperLost:
+            self.restarts += 1
+        try:
+            return self._split_step(images, labels, label_smoothing, last_block_cls_only)
+        except HelperLost as e:
+            raise HelperLost(f"{e}, and its replacement too, in the same step") from None
+
+    def _split_step(self, images, labels, label_smoothing, last_block_cls_only):
+        B = len(images)
         parts = _bounds(B, self.workers)
         largest = max(b - a for a, b in parts[1:])
         if not self._procs or largest > self._capacity:
@@ -340,9 +384,11 @@ def _helper(spec: dict) -> int:
             continue
         n = cmd["n"]
         try:
-            loss, grads, logits = model.loss_and_grads(v[(h, "images")][:n], v[(h, "labels")][:n],
-                                                       cmd["label_smoothing"],
-                                                       cmd["last_block_cls_only"])
+            # NaN/inf reach the parent, which reports them in one line: no warnings here
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                loss, grads, logits = model.loss_and_grads(v[(h, "images")][:n], v[(h, "labels")][:n],
+                                                           cmd["label_smoothing"],
+                                                           cmd["last_block_cls_only"])
             for name, g in grads.items():
                 v[(h, "grad:" + name)][...] = g
             v[(h, "logits")][:n] = logits

@@ -35,21 +35,21 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ._checks import check_choice, check_float, check_int, describe
+from ._checks import check_choice, check_float, check_int, check_normalize, describe
+from ._files import atomic_open, check_memory
 from .checkpoint import CheckpointError, config_mismatch, load_checkpoint, save_checkpoint
 from .datasets import Augment, BatchIterator, ImageDataset
 from .model import ViT
 from .optim import SGD, AdamW, clip_grad_norm, global_norm, make_schedule
-from .parallel import ProcessSplitter
+from .parallel import HelperLost, ProcessSplitter
 
-__all__ = ["TrainConfig", "TrainingDiverged", "train", "evaluate", "predict_logits",
+__all__ = ["TrainConfig", "TrainingDiverged", "TrainingStopped", "train", "evaluate", "predict_logits",
            "normalize_images", "write_history", "plot_history", "format_confusion",
            "CHECKPOINT_NAME"]
 
@@ -62,6 +62,10 @@ _RESUME_FREE = ("log_every", "max_steps")
 
 class TrainingDiverged(RuntimeError):
     """The loss (or the gradient norm) became NaN or inf."""
+
+
+class TrainingStopped(RuntimeError):
+    """Training could not go on (a helper process was lost); the checkpoint holds the last step."""
 
 
 @dataclass
@@ -129,11 +133,7 @@ class TrainConfig:
         check_int("augment_pad", self.augment_pad, minimum=0)
         if not isinstance(self.augment_flip, bool):
             raise TypeError(f"augment_flip: expected True or False, got {describe(self.augment_flip)}")
-        if self.normalize is not None and self.normalize != "image":
-            n = self.normalize
-            if not isinstance(n, (list, tuple)) or len(n) != 2:
-                raise ValueError(f"normalize: expected 'image', None or [mean, std], got {n!r}")
-            self.normalize = [list(map(float, np.atleast_1d(v))) for v in n]
+        self.normalize = check_normalize("normalize", self.normalize)
         check_int("seed", self.seed, minimum=0)
         check_int("log_every", self.log_every, minimum=1)
         if self.max_steps is not None:
@@ -222,6 +222,7 @@ def evaluate(model: ViT, ds: ImageDataset, batch_size: int = 256, normalize=None
     if ds.num_classes > K:
         raise ValueError(f"ds: expected at most {K} classes (the model's num_classes), got {ds.num_classes}")
     batch_size = check_int("batch_size", batch_size, minimum=1)
+    check_memory("model num_classes", K, K * K * 8, "the confusion matrix")
     confusion = np.zeros((K, K), dtype=np.int64)
     total_loss = 0.0
     dtype = np.dtype(model.config.dtype)
@@ -314,6 +315,23 @@ def _new_history() -> dict:
             "epochs": [], "running": {"loss_sum": 0.0, "correct": 0, "seen": 0}}
 
 
+def _checked_history(history: dict, path) -> dict:
+    """A checkpoint's history, checked to have the layout training appends to."""
+    fresh = _new_history()
+    steps, epochs = history.get("steps"), history.get("epochs")
+    ok = isinstance(steps, dict) and set(fresh["steps"]) <= set(steps) and \
+        all(isinstance(steps[k], list) for k in fresh["steps"]) and isinstance(epochs, list) and \
+        all(isinstance(r, dict) and isinstance(r.get("wall_time"), (int, float)) for r in epochs)
+    running = history.setdefault("running", dict(fresh["running"]))
+    ok = ok and isinstance(running, dict) and all(
+        isinstance(running.get(k), (int, float)) for k in fresh["running"])
+    if not ok:
+        raise CheckpointError(f"{path}: entry 'history': expected the layout training writes "
+                              f"(steps: {{{', '.join(fresh['steps'])}: lists}}, epochs: a list of "
+                              f"objects), got keys {sorted(history)}")
+    return history
+
+
 def train(model: ViT, train_ds: ImageDataset, val_ds: ImageDataset | None = None,
           config: TrainConfig | None = None, *, out_dir=None, resume_from=None, progress: bool = True,
           stream=None, meta: dict | None = None, layers="fast", **overrides) -> dict:
@@ -363,13 +381,17 @@ def train(model: ViT, train_ds: ImageDataset, val_ds: ImageDataset | None = None
     if len(train_ds) == 0:
         raise ValueError("train_ds: expected at least one image, got an empty dataset")
 
+    if cfg.augment_pad > max(H, W):
+        raise ValueError(f"augment_pad: expected at most the image side {max(H, W)} (a crop from "
+                         f"further out is all padding), got {cfg.augment_pad}")
+
     dtype = np.dtype(mcfg.dtype)
     augment = Augment(pad=cfg.augment_pad, flip=cfg.augment_flip) \
         if (cfg.augment_pad or cfg.augment_flip) else None
     batches = BatchIterator(train_ds, cfg.batch_size, shuffle=True, seed=cfg.seed, augment=augment)
     steps_per_epoch = len(batches)
     total_steps = cfg.epochs * steps_per_epoch
-    warmup_steps = min(total_steps, int(round(cfg.warmup * steps_per_epoch)))
+    warmup_steps = int(round(min(cfg.warmup * steps_per_epoch, total_steps)))   # no int(inf)
     schedule = make_schedule(cfg.schedule, cfg.lr, total_steps, warmup_steps, cfg.min_lr)
     optimizer = _make_optimizer(cfg)
     meta = dict(meta or {})
@@ -401,9 +423,11 @@ def train(model: ViT, train_ds: ImageDataset, val_ds: ImageDataset | None = None
             raise CheckpointError(f"{resume_from}: optimizer state does not fit: {e}") from e
         epoch, batch_done, step = ck.epoch, ck.batch, ck.step
         if ck.history:
-            history = ck.history
-            history.setdefault("running", {"loss_sum": 0.0, "correct": 0, "seen": 0})
+            history = _checked_history(ck.history, resume_from)
         meta = {**ck.meta, **meta}
+        if batch_done >= steps_per_epoch:
+            raise CheckpointError(f"{resume_from}: batch {batch_done}: expected fewer than the "
+                                  f"{steps_per_epoch} batches per epoch (another dataset?)")
         if step != epoch * steps_per_epoch + batch_done:
             raise CheckpointError(f"{resume_from}: step {step} does not match epoch {epoch}, batch "
                                   f"{batch_done} with {steps_per_epoch} batches per epoch (another dataset?)")
@@ -431,6 +455,10 @@ def train(model: ViT, train_ds: ImageDataset, val_ds: ImageDataset | None = None
     run = history["running"]
     runner = model if layers == "model" else model.using(layers)   # shares model.params
     splitter = ProcessSplitter(runner, cfg.workers)         # workers=1: runner.loss_and_grads itself
+    # NaN and inf are caught after each step and reported in one line (TrainingDiverged), so
+    # NumPy's overflow warnings on the way there would only bury that line
+    quiet_fp = np.errstate(over="ignore", invalid="ignore", divide="ignore")
+    quiet_fp.__enter__()
     try:
         while epoch < cfg.epochs and step < stop_at:
             epoch_t0 = time.perf_counter()
@@ -513,7 +541,13 @@ def train(model: ViT, train_ds: ImageDataset, val_ds: ImageDataset | None = None
         if ckpt_path is not None:
             bar.line(f"interrupted at step {step}; checkpoint saved to {ckpt_path}")
         raise
+    except HelperLost as e:                                   # lost twice in one step: give up
+        save()
+        where = f"; checkpoint saved to {ckpt_path} (continue with --resume)" if ckpt_path else ""
+        raise TrainingStopped(f"{e}; training stopped after step {step} (epoch {epoch + 1}, "
+                              f"batch {batch_done}){where}") from None
     finally:
+        quiet_fp.__exit__(None, None, None)
         splitter.close()                                      # the helper processes end here
     if batch_done:                                            # stopped mid-epoch (max_steps)
         save()
@@ -525,14 +559,8 @@ def train(model: ViT, train_ds: ImageDataset, val_ds: ImageDataset | None = None
 # =========================================================== history files and plot
 
 def _atomic_write_text(path: Path, text: str):
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_open(path, "w") as f:
+        f.write(text)
 
 
 def _json_safe(obj):
