@@ -12,6 +12,11 @@ import numbers
 import numpy as np
 
 
+
+class NonFiniteError(ValueError):
+    """An array that must be finite holds NaN or inf (training reports it as divergence)."""
+
+
 def describe(x) -> str:
     """A short description of a value for an error message."""
     if isinstance(x, np.ndarray):
@@ -41,7 +46,7 @@ def check_array(name: str, x, *, ndim: int | None = None, kind: str | None = "f"
                         f" (convert it with .astype(np.{np.dtype(dtype)}))")
     if finite and x.dtype.kind == "f" and not np.isfinite(x).all():
         bad = int(np.size(x) - np.count_nonzero(np.isfinite(x)))
-        raise ValueError(f"{name}: expected finite values, got {bad} NaN or inf entries")
+        raise NonFiniteError(f"{name}: expected finite values, got {bad} NaN or inf entries")
     return x
 
 

@@ -645,16 +645,9 @@ def format_entry(name: str, entry: dict) -> str:
 
 
 def _write_json(path: str, obj) -> None:
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".bench-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    from ._files import atomic_open
+    with atomic_open(path, "w") as f:
+        json.dump(obj, f, indent=2)
 
 
 def cmd_bench(args) -> int:

@@ -82,8 +82,9 @@ TRAIN_DEFAULTS = {
 SHAPES_N_TRAIN, SHAPES_N_VAL = 20000, 2000
 DEFAULT_WORKERS = 2            # `tinyvit train` splits each batch over 2 processes (TrainConfig's default: 1)
 
-# Options that may be given with --resume (they do not change the numbers).
-_RESUME_OK = {"out", "quiet", "max_steps", "data_dir", "threads", "resume", "command", "func", "log_every"}
+# Options that are not training settings: --resume allows them, and the training settings that
+# do not change the numbers (tinyvit.train.RESUME_FREE).
+_NOT_SETTINGS = {"out", "quiet", "data_dir", "threads", "resume", "command", "func"}
 
 
 def _number(kind, minimum):
@@ -236,7 +237,7 @@ def cmd_train(args) -> int:
     from .model import param_shapes
     from .checkpoint import load_checkpoint
     from .datasets import channel_stats
-    from .train import CHECKPOINT_NAME, TrainConfig, plot_history, train
+    from .train import CHECKPOINT_NAME, RESUME_FREE, TrainConfig, plot_history, train
 
     resume = None
     if args.resume is not None:
@@ -244,11 +245,11 @@ def cmd_train(args) -> int:
         if resume.is_dir():
             resume = resume / CHECKPOINT_NAME
         given = sorted(k for k, v in vars(args).items()
-                       if k not in _RESUME_OK and v not in (None, False))
+                       if k not in _NOT_SETTINGS | set(RESUME_FREE) and v not in (None, False))
         if given:
             opts = ", ".join("--" + k.replace("_", "-") for k in given)
             raise CLIError(f"--resume continues a run with the settings stored in its checkpoint; "
-                           f"drop {opts} (allowed with --resume: --out, --data-dir, --max-steps, --quiet, --threads)")
+                           f"drop {opts} (allowed with --resume: --out, --data-dir, --max-steps, --log-every, --quiet, --threads)")
         ck = load_checkpoint(resume)
         if ck.train_config is None or "dataset" not in ck.meta:
             raise CLIError(f"--resume: {resume} holds no training run to continue")

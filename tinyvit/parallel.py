@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from ._checks import check_int, check_labels
+from ._checks import NonFiniteError, check_int, check_labels
 from .model import layers_name
 
 
@@ -313,7 +313,8 @@ class ProcessSplitter:
             for h, (a, b) in enumerate(parts[1:]):
                 r = self._reply(h)
                 if "error" in r and error is None:
-                    kind = {"TypeError": TypeError, "ValueError": ValueError}.get(r["type"], RuntimeError)
+                    kind = {"TypeError": TypeError, "ValueError": ValueError,
+                            "NonFiniteError": NonFiniteError}.get(r["type"], RuntimeError)
                     error = kind(r["error"])
                 results.append((r.get("loss"), {n: v[(h, "grad:" + n)] for n in self.model.params},
                                 v[(h, "logits")][:b - a]))

@@ -41,7 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ._checks import check_choice, check_float, check_int, check_normalize, describe
+from ._checks import (NonFiniteError, check_choice, check_float, check_int, check_normalize,
+                      describe)
 from ._files import atomic_open, check_memory
 from .checkpoint import CheckpointError, config_mismatch, load_checkpoint, save_checkpoint
 from .datasets import Augment, BatchIterator, ImageDataset
@@ -55,9 +56,9 @@ __all__ = ["TrainConfig", "TrainingDiverged", "TrainingStopped", "train", "evalu
 
 CHECKPOINT_NAME = "checkpoint.npz"
 
-# Settings that may differ between a run and its resumption without changing
+# TrainConfig fields that may differ between a run and its resumption without changing
 # the numbers it produces.
-_RESUME_FREE = ("log_every", "max_steps")
+RESUME_FREE = ("log_every", "max_steps")
 
 
 class TrainingDiverged(RuntimeError):
@@ -355,7 +356,44 @@ def train(model: ViT, train_ds: ImageDataset, val_ds: ImageDataset | None = None
       epochs   list of dicts: epoch, step, train_loss, train_acc, val_loss, val_acc, lr,
                images_per_s, epoch_time, wall_time
     Raises TrainingDiverged when the loss or gradient norm is NaN or inf.
+
+    The loop: restore the state (a fresh start or a checkpoint), then _Run.epochs: one step
+    per batch, each recorded; at the end of each epoch, evaluate, record and save.
     """
+    cfg = _checked_inputs(model, train_ds, val_ds, config, overrides)
+    run = _Run(model, train_ds, cfg, meta, out_dir, progress, stream)
+    if resume_from is not None:
+        run.restore(resume_from)
+    run.announce(resumed=resume_from is not None)
+    runner = model if layers == "model" else model.using(layers)   # shares model.params
+    splitter = ProcessSplitter(runner, cfg.workers)         # workers=1: runner.loss_and_grads itself
+    # NaN and inf are caught after each step and reported in one line (TrainingDiverged), so
+    # NumPy's overflow warnings on the way there would only bury that line
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        try:
+            run.epochs(splitter, runner, val_ds)
+        except KeyboardInterrupt:
+            run.save()                                    # resumable from the last finished step
+            if run.ckpt_path is not None:
+                run.bar.line(f"interrupted at step {run.step}; checkpoint saved to {run.ckpt_path}")
+            raise
+        except HelperLost as e:                           # lost twice in one step: give up
+            run.save()
+            where = (f"; checkpoint saved to {run.ckpt_path} (continue with --resume)"
+                     if run.ckpt_path else "")
+            raise TrainingStopped(f"{e}; training stopped after step {run.step} (epoch "
+                                  f"{run.epoch + 1}, batch {run.batch_done}){where}") from None
+        finally:
+            splitter.close()                              # the helper processes end here
+    if run.batch_done:                                    # stopped mid-epoch (max_steps)
+        run.save()
+        run.bar.line(f"stopped at step {run.step} (max_steps); resume from {run.ckpt_path}"
+                     if run.ckpt_path else f"stopped at step {run.step} (max_steps)")
+    return run.history
+
+
+def _checked_inputs(model, train_ds, val_ds, config, overrides) -> "TrainConfig":
+    """train's arguments checked against each other; returns the TrainConfig to use."""
     if not isinstance(model, ViT):
         raise TypeError(f"model: expected a ViT, got {describe(model)}")
     if not isinstance(train_ds, ImageDataset):
@@ -380,180 +418,192 @@ def train(model: ViT, train_ds: ImageDataset, val_ds: ImageDataset | None = None
                              f"num_classes), got {ds.num_classes}")
     if len(train_ds) == 0:
         raise ValueError("train_ds: expected at least one image, got an empty dataset")
-
     if cfg.augment_pad > max(H, W):
         raise ValueError(f"augment_pad: expected at most the image side {max(H, W)} (a crop from "
                          f"further out is all padding), got {cfg.augment_pad}")
+    return cfg
 
-    dtype = np.dtype(mcfg.dtype)
-    augment = Augment(pad=cfg.augment_pad, flip=cfg.augment_flip) \
-        if (cfg.augment_pad or cfg.augment_flip) else None
-    batches = BatchIterator(train_ds, cfg.batch_size, shuffle=True, seed=cfg.seed, augment=augment)
-    steps_per_epoch = len(batches)
-    total_steps = cfg.epochs * steps_per_epoch
-    warmup_steps = int(round(min(cfg.warmup * steps_per_epoch, total_steps)))   # no int(inf)
-    schedule = make_schedule(cfg.schedule, cfg.lr, total_steps, warmup_steps, cfg.min_lr)
-    optimizer = _make_optimizer(cfg)
-    meta = dict(meta or {})
-    meta.setdefault("class_names", list(train_ds.class_names))
-    meta["normalize"] = cfg.normalize
 
-    epoch, batch_done, step = 0, 0, 0
-    history = _new_history()
-    if resume_from is not None:
-        ck = load_checkpoint(resume_from)
-        diff = config_mismatch(ck.model_config, mcfg)
+class _Run:
+    """The state of one training run: where it is (epoch, batch, step), its optimizer,
+    schedule, history and output files, and the pieces of the loop that change them."""
+
+    def __init__(self, model, train_ds, cfg, meta, out_dir, progress, stream):
+        self.model, self.cfg = model, cfg
+        self.dtype = np.dtype(model.config.dtype)
+        augment = Augment(pad=cfg.augment_pad, flip=cfg.augment_flip) \
+            if (cfg.augment_pad or cfg.augment_flip) else None
+        self.batches = BatchIterator(train_ds, cfg.batch_size, shuffle=True, seed=cfg.seed,
+                                     augment=augment)
+        self.steps_per_epoch = len(self.batches)
+        total_steps = cfg.epochs * self.steps_per_epoch
+        warmup_steps = int(round(min(cfg.warmup * self.steps_per_epoch, total_steps)))  # no int(inf)
+        self.schedule = make_schedule(cfg.schedule, cfg.lr, total_steps, warmup_steps, cfg.min_lr)
+        self.optimizer = _make_optimizer(cfg)
+        self.meta = dict(meta or {})
+        self.meta.setdefault("class_names", list(train_ds.class_names))
+        self.meta["normalize"] = cfg.normalize
+        self.epoch, self.batch_done, self.step = 0, 0, 0
+        self.history = _new_history()
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.ckpt_path = self.out_dir / CHECKPOINT_NAME if self.out_dir is not None else None
+        self.stop_at = total_steps if cfg.max_steps is None else min(total_steps, cfg.max_steps)
+        self.bar = _Progress(progress, stream, cfg.log_every, total_steps)
+        self.num_images = len(train_ds)
+
+    # -- restore ------------------------------------------------------------------------------
+    def restore(self, path):
+        """Continue from a checkpoint: its parameters (copied into the model in place),
+        optimizer state, position and history; refused if the model or settings differ."""
+        model, cfg = self.model, self.cfg
+        ck = load_checkpoint(path)
+        diff = config_mismatch(ck.model_config, model.config)
         if diff:
-            raise CheckpointError(f"{resume_from}: checkpoint is for another model config ({'; '.join(diff)})")
+            raise CheckpointError(f"{path}: checkpoint is for another model config ({'; '.join(diff)})")
         if ck.train_config is None or not ck.optim_state:
-            raise CheckpointError(f"{resume_from}: checkpoint holds no training state to resume from")
+            raise CheckpointError(f"{path}: checkpoint holds no training state to resume from")
         # a key missing from an older checkpoint means that run used the field's default
         saved = {**TrainConfig().to_dict(), **ck.train_config}
-        saved = {k: v for k, v in saved.items() if k not in _RESUME_FREE}
-        given = {k: v for k, v in json.loads(json.dumps(cfg.to_dict())).items() if k not in _RESUME_FREE}
+        saved = {k: v for k, v in saved.items() if k not in RESUME_FREE}
+        given = {k: v for k, v in json.loads(json.dumps(cfg.to_dict())).items() if k not in RESUME_FREE}
         tdiff = [f"{k}: checkpoint {saved.get(k)!r}, given {given.get(k)!r}"
                  for k in sorted(set(saved) | set(given)) if saved.get(k) != given.get(k)]
         if tdiff:
-            raise CheckpointError(f"{resume_from}: checkpoint was trained with other settings ({'; '.join(tdiff)})")
+            raise CheckpointError(f"{path}: checkpoint was trained with other settings ({'; '.join(tdiff)})")
         for name, value in ck.params.items():
-            model.params[name][...] = value                  # in place: callers' references stay valid
+            model.params[name][...] = value              # in place: callers' references stay valid
         try:
-            optimizer.load_state_dict(ck.optim_state)
+            self.optimizer.load_state_dict(ck.optim_state)
         except (TypeError, ValueError) as e:
-            raise CheckpointError(f"{resume_from}: optimizer state does not fit: {e}") from e
-        epoch, batch_done, step = ck.epoch, ck.batch, ck.step
+            raise CheckpointError(f"{path}: optimizer state does not fit: {e}") from e
+        self.epoch, self.batch_done, self.step = ck.epoch, ck.batch, ck.step
         if ck.history:
-            history = _checked_history(ck.history, resume_from)
-        meta = {**ck.meta, **meta}
-        if batch_done >= steps_per_epoch:
-            raise CheckpointError(f"{resume_from}: batch {batch_done}: expected fewer than the "
-                                  f"{steps_per_epoch} batches per epoch (another dataset?)")
-        if step != epoch * steps_per_epoch + batch_done:
-            raise CheckpointError(f"{resume_from}: step {step} does not match epoch {epoch}, batch "
-                                  f"{batch_done} with {steps_per_epoch} batches per epoch (another dataset?)")
+            self.history = _checked_history(ck.history, path)
+        self.meta = {**ck.meta, **self.meta}
+        if self.batch_done >= self.steps_per_epoch:
+            raise CheckpointError(f"{path}: batch {self.batch_done}: expected fewer than the "
+                                  f"{self.steps_per_epoch} batches per epoch (another dataset?)")
+        if self.step != self.epoch * self.steps_per_epoch + self.batch_done:
+            raise CheckpointError(f"{path}: step {self.step} does not match epoch {self.epoch}, batch "
+                                  f"{self.batch_done} with {self.steps_per_epoch} batches per epoch "
+                                  "(another dataset?)")
 
-    out_dir = Path(out_dir) if out_dir is not None else None
-    ckpt_path = out_dir / CHECKPOINT_NAME if out_dir is not None else None
-
-    def save():
-        if ckpt_path is None:
-            return
-        save_checkpoint(ckpt_path, model, optimizer=optimizer, train_config=cfg.to_dict(), meta=meta,
-                        history=history, epoch=epoch, batch=batch_done, step=step, seed=cfg.seed)
-        write_history(history, out_dir)
-
-    stop_at = total_steps if cfg.max_steps is None else min(total_steps, cfg.max_steps)
-    bar = _Progress(progress, stream, cfg.log_every, total_steps)
-    if progress:
-        what = f"resuming at step {step}" if resume_from is not None else "training"
+    def announce(self, resumed: bool):
+        cfg = self.cfg
+        what = f"resuming at step {self.step}" if resumed else "training"
         split = f" split over {cfg.workers} processes" if cfg.workers > 1 else ""
-        bar.line(f"{what}: {len(train_ds)} images, {steps_per_epoch} steps/epoch x {cfg.epochs} epochs, "
-                 f"batch {cfg.batch_size}{split}, {cfg.optimizer} lr {cfg.lr:g}, {model.num_params():,} parameters")
-    wall0 = time.perf_counter()
-    wall_before = history["epochs"][-1]["wall_time"] if history["epochs"] else 0.0
-    steps_this_run, train_time = 0, 0.0
-    run = history["running"]
-    runner = model if layers == "model" else model.using(layers)   # shares model.params
-    splitter = ProcessSplitter(runner, cfg.workers)         # workers=1: runner.loss_and_grads itself
-    # NaN and inf are caught after each step and reported in one line (TrainingDiverged), so
-    # NumPy's overflow warnings on the way there would only bury that line
-    quiet_fp = np.errstate(over="ignore", invalid="ignore", divide="ignore")
-    quiet_fp.__enter__()
-    try:
-        while epoch < cfg.epochs and step < stop_at:
-            epoch_t0 = time.perf_counter()
-            epoch_images, epoch_train_time = 0, 0.0
-            it = batches.epoch(epoch)
-            for b, (x, y) in enumerate(it):
-                if b < batch_done:                            # replay to the resume point
-                    continue
-                if step >= stop_at:
-                    break
-                t0 = time.perf_counter()
-                x = normalize_images(x, cfg.normalize).astype(dtype, copy=False)   # (B, H, W, C)
-                lr = schedule(step)
-                try:
-                    loss, grads, logits = splitter.loss_and_grads(x, y, cfg.label_smoothing)
-                except ValueError as e:                   # NaN/inf logits fail the model's own checks
-                    if all(np.isfinite(v).all() for v in model.params.values()) and "finite" not in str(e):
-                        raise
-                    raise TrainingDiverged(
-                        f"training diverged: non-finite values in the forward or backward pass at step "
-                        f"{step + 1} (epoch {epoch + 1}, learning rate {lr:.3g}); try a lower --lr, a longer "
-                        "--warmup or gradient clipping (--clip)") from e
-                loss = float(loss)
-                if cfg.clip > 0:
-                    gnorm = clip_grad_norm(grads, cfg.clip, error_if_nonfinite=False)
-                else:
-                    gnorm = global_norm(grads)
-                if not (math.isfinite(loss) and math.isfinite(gnorm)):
-                    what = f"loss {loss}" if not math.isfinite(loss) else f"gradient norm {gnorm}"
-                    raise TrainingDiverged(
-                        f"training diverged: {what} at step {step + 1} (epoch {epoch + 1}, learning rate "
-                        f"{lr:.3g}); try a lower --lr, a longer --warmup or gradient clipping (--clip)")
-                optimizer.step(model.params, grads, lr=lr)
-                step += 1
-                batch_done = b + 1
-                dt = time.perf_counter() - t0
-                steps_this_run += 1
-                train_time += dt
-                epoch_train_time += dt
-                epoch_images += len(y)
-                correct = int((logits.argmax(axis=1) == y).sum())
-                run["loss_sum"] += loss * len(y)
-                run["correct"] += correct
-                run["seen"] += len(y)
-                hs = history["steps"]
-                hs["step"].append(step)
-                hs["epoch"].append(epoch + 1)
-                hs["loss"].append(loss)
-                hs["lr"].append(lr)
-                hs["grad_norm"].append(gnorm)
-                ips = epoch_images / epoch_train_time if epoch_train_time > 0 else 0.0
-                eta = (stop_at - step) * train_time / steps_this_run
-                bar.step(step, epoch + 1, cfg.epochs, run["loss_sum"] / run["seen"],
-                         run["correct"] / run["seen"], lr, ips, eta)
-            if batch_done < steps_per_epoch:                  # stopped inside the epoch
-                break
-            # ---- end of epoch: evaluate, record, checkpoint
-            row = {"epoch": epoch + 1, "step": step,
-                   "train_loss": run["loss_sum"] / max(run["seen"], 1),
-                   "train_acc": run["correct"] / max(run["seen"], 1),
-                   "val_loss": float("nan"), "val_acc": float("nan"),
-                   "lr": history["steps"]["lr"][-1] if history["steps"]["lr"] else cfg.lr,
-                   "images_per_s": epoch_images / epoch_train_time if epoch_train_time > 0 else 0.0,
-                   "epoch_time": time.perf_counter() - epoch_t0}
-            if val_ds is not None and len(val_ds):
-                ev = evaluate(runner, val_ds, max(cfg.batch_size, 256), cfg.normalize)
-                row["val_loss"], row["val_acc"] = ev["loss"], ev["accuracy"]
-            row["epoch_time"] = time.perf_counter() - epoch_t0
-            row["wall_time"] = wall_before + (time.perf_counter() - wall0)
-            history["epochs"].append(row)
-            history["running"] = run = {"loss_sum": 0.0, "correct": 0, "seen": 0}
-            epoch += 1
-            batch_done = 0
-            bar.line(f"epoch {row['epoch']}/{cfg.epochs}  step {step}  train loss {row['train_loss']:.4f} "
-                     f"acc {row['train_acc']:.4f}  val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}  "
-                     f"lr {row['lr']:.2e}  {row['images_per_s']:,.0f} img/s  {_fmt_time(row['wall_time'])}")
-            save()
-    except KeyboardInterrupt:
-        save()                                                # resumable from the last finished step
-        if ckpt_path is not None:
-            bar.line(f"interrupted at step {step}; checkpoint saved to {ckpt_path}")
-        raise
-    except HelperLost as e:                                   # lost twice in one step: give up
-        save()
-        where = f"; checkpoint saved to {ckpt_path} (continue with --resume)" if ckpt_path else ""
-        raise TrainingStopped(f"{e}; training stopped after step {step} (epoch {epoch + 1}, "
-                              f"batch {batch_done}){where}") from None
-    finally:
-        quiet_fp.__exit__(None, None, None)
-        splitter.close()                                      # the helper processes end here
-    if batch_done:                                            # stopped mid-epoch (max_steps)
-        save()
-        bar.line(f"stopped at step {step} (max_steps); resume from {ckpt_path}" if ckpt_path
-                 else f"stopped at step {step} (max_steps)")
-    return history
+        self.bar.line(f"{what}: {self.num_images} images, {self.steps_per_epoch} steps/epoch x "
+                      f"{cfg.epochs} epochs, batch {cfg.batch_size}{split}, {cfg.optimizer} lr "
+                      f"{cfg.lr:g}, {self.model.num_params():,} parameters")
+        self.wall0 = time.perf_counter()
+        self.wall_before = self.history["epochs"][-1]["wall_time"] if self.history["epochs"] else 0.0
+        self.steps_this_run, self.train_time = 0, 0.0
+
+    # -- the epochs -------------------------------------------------------------------------------
+    def epochs(self, splitter, runner, val_ds):
+        """Epoch after epoch: one step per batch, each recorded; at each epoch's end,
+        evaluate, record and save. Returns at the end, or at stop_at inside an epoch."""
+        while self.epoch < self.cfg.epochs and self.step < self.stop_at:
+            self.start_epoch()
+            for x, y in self.batches_left():
+                self.record(*self.one_step(splitter, x, y), len(y))
+            if self.batch_done < self.steps_per_epoch:   # stopped inside the epoch
+                return
+            self.end_epoch(runner, val_ds)
+
+    def start_epoch(self):
+        self.epoch_t0 = time.perf_counter()
+        self.epoch_images, self.epoch_train_time = 0, 0.0
+
+    def batches_left(self):
+        """This epoch's batches from the resume point on, until stop_at."""
+        for b, (x, y) in enumerate(self.batches.epoch(self.epoch)):
+            if b < self.batch_done:                      # replay to the resume point
+                continue
+            if self.step >= self.stop_at:
+                return
+            self.t0 = time.perf_counter()
+            yield normalize_images(x, self.cfg.normalize).astype(self.dtype, copy=False), y
+
+    def one_step(self, splitter, x, y):
+        """loss_and_grads, clipping and the optimizer step on one batch: (loss, lr, grad norm,
+        correct predictions). Raises TrainingDiverged on NaN or inf."""
+        cfg, model, step = self.cfg, self.model, self.step
+        lr = self.schedule(step)
+        advice = (f"at step {step + 1} (epoch {self.epoch + 1}, learning rate {lr:.3g}); try a "
+                  "lower --lr, a longer --warmup or gradient clipping (--clip)")
+        try:
+            loss, grads, logits = splitter.loss_and_grads(x, y, cfg.label_smoothing)
+        except ValueError as e:                          # NaN/inf fail the model's own checks
+            if isinstance(e, NonFiniteError) or not all(np.isfinite(v).all()
+                                                        for v in model.params.values()):
+                raise TrainingDiverged("training diverged: non-finite values in the forward or "
+                                       f"backward pass {advice}") from e
+            raise
+        loss = float(loss)
+        gnorm = (clip_grad_norm(grads, cfg.clip, error_if_nonfinite=False) if cfg.clip > 0
+                 else global_norm(grads))
+        if not (math.isfinite(loss) and math.isfinite(gnorm)):
+            what = f"loss {loss}" if not math.isfinite(loss) else f"gradient norm {gnorm}"
+            raise TrainingDiverged(f"training diverged: {what} {advice}")
+        self.optimizer.step(model.params, grads, lr=lr)
+        return loss, lr, gnorm, int((logits.argmax(axis=1) == y).sum())
+
+    def record(self, loss, lr, gnorm, correct, n):
+        """Counts one finished step of n images: position, running means, history, progress."""
+        self.step += 1
+        self.batch_done += 1
+        dt = time.perf_counter() - self.t0
+        self.steps_this_run += 1
+        self.train_time += dt
+        self.epoch_train_time += dt
+        self.epoch_images += n
+        run = self.history["running"]
+        run["loss_sum"] += loss * n
+        run["correct"] += correct
+        run["seen"] += n
+        for key, value in zip(("step", "epoch", "loss", "lr", "grad_norm"),
+                              (self.step, self.epoch + 1, loss, lr, gnorm)):
+            self.history["steps"][key].append(value)
+        ips = self.epoch_images / self.epoch_train_time if self.epoch_train_time > 0 else 0.0
+        eta = (self.stop_at - self.step) * self.train_time / self.steps_this_run
+        self.bar.step(self.step, self.epoch + 1, self.cfg.epochs, run["loss_sum"] / run["seen"],
+                      run["correct"] / run["seen"], lr, ips, eta)
+
+    # -- end of epoch -------------------------------------------------------------------------
+    def end_epoch(self, runner, val_ds):
+        """Evaluate, add the epoch's row to the history, print it, save."""
+        cfg, run, history = self.cfg, self.history["running"], self.history
+        row = {"epoch": self.epoch + 1, "step": self.step,
+               "train_loss": run["loss_sum"] / max(run["seen"], 1),
+               "train_acc": run["correct"] / max(run["seen"], 1),
+               "val_loss": float("nan"), "val_acc": float("nan"),
+               "lr": history["steps"]["lr"][-1] if history["steps"]["lr"] else cfg.lr,
+               "images_per_s": (self.epoch_images / self.epoch_train_time
+                                if self.epoch_train_time > 0 else 0.0)}
+        if val_ds is not None and len(val_ds):
+            ev = evaluate(runner, val_ds, max(cfg.batch_size, 256), cfg.normalize)
+            row["val_loss"], row["val_acc"] = ev["loss"], ev["accuracy"]
+        row["epoch_time"] = time.perf_counter() - self.epoch_t0
+        row["wall_time"] = self.wall_before + (time.perf_counter() - self.wall0)
+        history["epochs"].append(row)
+        history["running"] = {"loss_sum": 0.0, "correct": 0, "seen": 0}
+        self.epoch += 1
+        self.batch_done = 0
+        self.bar.line(f"epoch {row['epoch']}/{cfg.epochs}  step {self.step}  train loss "
+                      f"{row['train_loss']:.4f} acc {row['train_acc']:.4f}  val loss "
+                      f"{row['val_loss']:.4f} acc {row['val_acc']:.4f}  lr {row['lr']:.2e}  "
+                      f"{row['images_per_s']:,.0f} img/s  {_fmt_time(row['wall_time'])}")
+        self.save()
+
+    def save(self):
+        """Writes the checkpoint and the history files (when there is an out_dir)."""
+        if self.ckpt_path is None:
+            return
+        save_checkpoint(self.ckpt_path, self.model, optimizer=self.optimizer,
+                        train_config=self.cfg.to_dict(), meta=self.meta, history=self.history,
+                        epoch=self.epoch, batch=self.batch_done, step=self.step, seed=self.cfg.seed)
+        write_history(self.history, self.out_dir)
 
 
 # =========================================================== history files and plot
