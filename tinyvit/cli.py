@@ -232,99 +232,13 @@ def _default_out(key: str) -> Path:
 
 
 def cmd_train(args) -> int:
-    from . import ViT, ViTConfig
-    from ._files import check_memory
-    from .model import param_shapes
-    from .checkpoint import load_checkpoint
-    from .datasets import channel_stats
-    from .train import CHECKPOINT_NAME, RESUME_FREE, TrainConfig, plot_history, train
+    """Train a model: a new run from the options, or one continued with --resume."""
+    from . import ViT
+    from ._files import atomic_open
+    from .train import CHECKPOINT_NAME, plot_history, train
 
-    resume = None
-    if args.resume is not None:
-        resume = Path(args.resume)
-        if resume.is_dir():
-            resume = resume / CHECKPOINT_NAME
-        given = sorted(k for k, v in vars(args).items()
-                       if k not in _NOT_SETTINGS | set(RESUME_FREE) and v not in (None, False))
-        if given:
-            opts = ", ".join("--" + k.replace("_", "-") for k in given)
-            raise CLIError(f"--resume continues a run with the settings stored in its checkpoint; "
-                           f"drop {opts} (allowed with --resume: --out, --data-dir, --max-steps, --log-every, --quiet, --threads)")
-        ck = load_checkpoint(resume)
-        if ck.train_config is None or "dataset" not in ck.meta:
-            raise CLIError(f"--resume: {resume} holds no training run to continue")
-        spec = dict(ck.meta["dataset"])
-        if args.data_dir is not None:
-            spec["data_dir"] = args.data_dir
-        cfg_dict = dict(ck.train_config)
-        if args.max_steps is not None:
-            cfg_dict["max_steps"] = args.max_steps
-        else:
-            cfg_dict["max_steps"] = None
-        tcfg = TrainConfig.from_dict(cfg_dict)
-        mcfg = ck.model_config
-        out = Path(args.out) if args.out else resume.parent
-        train_ds, val_ds = _load_data(spec)
-    else:
-        key = _dataset_key(args.dataset or "shapes")
-        side, channels = DATASET_SHAPES[key]
-        if key in ("shapes", "folder"):
-            side = args.image_size or side
-            if key == "folder":
-                channels = args.channels or channels
-        elif args.image_size is not None and args.image_size != side:
-            raise CLIError(f"--image-size: {key} images are {side}x{side}, got {args.image_size} "
-                           "(only shapes and folder data can be resized)")
-        if args.n_train is not None and key != "shapes":
-            raise CLIError("--n-train: only for --dataset shapes")
-        if args.channels is not None and key != "folder":
-            raise CLIError("--channels: only for --dataset folder")
-        data_dir = args.data_dir or "data"
-        if key == "folder" and args.data_dir is None:
-            raise CLIError("--data-dir: --dataset folder needs the image folder (one subfolder per class)")
-        n_train = args.n_train or SHAPES_N_TRAIN
-        seed = 0 if args.seed is None else args.seed
-        spec = {"name": key, "data_dir": str(data_dir), "seed": seed, "download": not args.no_download,
-                "image_size": side, "channels": channels, "n_train": n_train, "n_val": SHAPES_N_VAL}
-        preset = dict(MODEL_PRESETS[args.model or ("mnist" if key in ("mnist", "mnist-test-split",
-                                                                       "fashion-mnist") else DEFAULT_PRESET)])
-        if key == "shapes" and side < 8:
-            raise CLIError(f"--image-size: expected at least 8 for the shapes data, got {side}")
-        if side < 2:
-            raise CLIError(f"--image-size: expected at least 2 (two patches of one pixel), got {side}")
-        if key == "shapes":                                # before anything is drawn
-            from .datasets import shapes_bytes
-            check_memory("--n-train, --image-size", f"{n_train:,} + {SHAPES_N_VAL:,} images of "
-                         f"{side}x{side}", shapes_bytes(n_train + SHAPES_N_VAL, side), "the data")
-        if args.patch_size is None and (side % preset["patch_size"] or side // preset["patch_size"] < 2):
-            preset["patch_size"] = next(p for p in (8, 7, 4, 2, 1) if side % p == 0 and side // p >= 2)
-        for k in ("patch_size", "dim", "depth", "heads", "mlp_dim", "pool", "gelu", "pos_embed"):
-            if getattr(args, k) is not None:
-                preset[k] = getattr(args, k)
-        mcfg = ViTConfig(image_size=side, in_channels=channels, num_classes=2, seed=seed, **preset)
-        nparams = sum(math.prod(s) for s in param_shapes(mcfg).values())
-        check_memory("--image-size, --patch-size, --dim, --depth", f"a model of {nparams:,} parameters",
-                     nparams * np.dtype(mcfg.dtype).itemsize * 4, "them, their gradients and optimizer moments")
-        train_ds, val_ds = _load_data(spec)
-        mcfg = ViTConfig(image_size=side, in_channels=train_ds.image_shape[2],
-                         num_classes=train_ds.num_classes, seed=seed, **preset)
-        tdict = dict(TRAIN_DEFAULTS.get(key, {}))
-        for k in ("epochs", "batch_size", "lr", "min_lr", "warmup", "schedule", "weight_decay", "optimizer",
-                  "clip", "label_smoothing", "augment_pad", "augment_flip", "max_steps"):
-            if getattr(args, k) is not None:
-                tdict[k] = getattr(args, k)
-        tdict["workers"] = DEFAULT_WORKERS if args.workers is None else args.workers
-        if "min_lr" not in tdict:
-            tdict["min_lr"] = min(1e-5, tdict.get("lr", 1e-3))
-        norm = args.normalize or "image"
-        if norm == "dataset":
-            tdict["normalize"] = list(channel_stats(train_ds))
-        else:
-            tdict["normalize"] = None if norm == "none" else "image"
-        tdict["seed"] = seed
-        tcfg = TrainConfig(**tdict)
-        out = Path(args.out) if args.out else _default_out(key)
-
+    run = _resumed_run(args) if args.resume is not None else _new_run(args)
+    out = run["out"]
     try:                                       # an unwritable --out fails now, not after an epoch
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -332,20 +246,18 @@ def cmd_train(args) -> int:
                        f"({e.strerror or e})") from None
     if not os.access(out, os.W_OK):
         raise CLIError(f"--out: expected a folder that can be written, got {out} (permission denied)")
-    model = ViT(mcfg)
-    quiet = args.quiet
-    if not quiet:
+    model, train_ds, val_ds, tcfg, spec = ViT(run["mcfg"]), run["train"], run["val"], run["tcfg"], run["spec"]
+    if not args.quiet:
+        c = model.config
         print(f"data:  {train_ds.summary()}\n       {val_ds.summary()}")
-        c = mcfg
         print(f"model: {c.image_hw[0]}x{c.image_hw[1]}x{c.in_channels} images, patch {c.patch_size} "
               f"(T={c.num_tokens} tokens), dim {c.dim}, depth {c.depth}, heads {c.heads}, mlp {c.mlp_dim}, "
               f"{c.num_classes} classes, {model.num_params():,} parameters")
         print(f"out:   {out}")
     meta = {"class_names": list(train_ds.class_names), "dataset": spec}
-    history = train(model, train_ds, val_ds, tcfg, out_dir=out, resume_from=resume,
-                    progress=not quiet, meta=meta)
+    history = train(model, train_ds, val_ds, tcfg, out_dir=out, resume_from=run["resume"],
+                    progress=not args.quiet, meta=meta)
     fig = plot_history(history, title=f"{spec['name']}: {model.num_params():,}-parameter ViT")
-    from ._files import atomic_open
     with atomic_open(out / "curves.png") as f:                  # whole or not at all
         fig.savefig(f, format="png", dpi=100)
     last = history["epochs"][-1] if history["epochs"] else None
@@ -357,6 +269,128 @@ def cmd_train(args) -> int:
     print(f"saved: {out / CHECKPOINT_NAME}, {out / 'history.json'}, {out / 'history.csv'}, "
           f"{out / 'curves.png'}")
     return 0
+
+
+def _resumed_run(args) -> dict:
+    """--resume: the dataset, model and settings stored in the checkpoint."""
+    from .checkpoint import load_checkpoint
+    from .train import CHECKPOINT_NAME, RESUME_FREE, TrainConfig
+
+    resume = Path(args.resume)
+    if resume.is_dir():
+        resume = resume / CHECKPOINT_NAME
+    given = sorted(k for k, v in vars(args).items()
+                   if k not in _NOT_SETTINGS | set(RESUME_FREE) and v not in (None, False))
+    if given:
+        opts = ", ".join("--" + k.replace("_", "-") for k in given)
+        raise CLIError(f"--resume continues a run with the settings stored in its checkpoint; drop "
+                       f"{opts} (allowed with --resume: --out, --data-dir, --max-steps, --log-every, "
+                       "--quiet, --threads)")
+    ck = load_checkpoint(resume)
+    if ck.train_config is None or "dataset" not in ck.meta:
+        raise CLIError(f"--resume: {resume} holds no training run to continue")
+    spec = dict(ck.meta["dataset"])
+    if args.data_dir is not None:
+        spec["data_dir"] = args.data_dir
+    tcfg = TrainConfig.from_dict({**ck.train_config, "max_steps": args.max_steps})
+    train_ds, val_ds = _load_data(spec)
+    return {"spec": spec, "tcfg": tcfg, "mcfg": ck.model_config, "train": train_ds, "val": val_ds,
+            "out": Path(args.out) if args.out else resume.parent, "resume": resume}
+
+
+def _new_run(args) -> dict:
+    """A new run: the dataset from --dataset (checked before anything is loaded or drawn), the
+    model from its preset and the options, the settings from the dataset's defaults and the
+    options."""
+    from . import ViTConfig
+
+    key = _dataset_key(args.dataset or "shapes")
+    side, channels = _image_side_and_channels(args, key)
+    seed = 0 if args.seed is None else args.seed
+    n_train = args.n_train or SHAPES_N_TRAIN
+    if key == "folder" and args.data_dir is None:
+        raise CLIError("--data-dir: --dataset folder needs the image folder (one subfolder per class)")
+    spec = {"name": key, "data_dir": str(args.data_dir or "data"), "seed": seed,
+            "download": not args.no_download, "image_size": side, "channels": channels,
+            "n_train": n_train, "n_val": SHAPES_N_VAL}
+    if key == "shapes":                                # before anything is drawn
+        from ._files import check_memory
+        from .datasets import shapes_bytes
+        check_memory("--n-train, --image-size", f"{n_train:,} + {SHAPES_N_VAL:,} images of "
+                     f"{side}x{side}", shapes_bytes(n_train + SHAPES_N_VAL, side), "the data")
+    preset = _model_preset(args, key, side)
+    _check_model_memory(ViTConfig(image_size=side, in_channels=channels, num_classes=2, seed=seed,
+                                  **preset))
+    train_ds, val_ds = _load_data(spec)
+    mcfg = ViTConfig(image_size=side, in_channels=train_ds.image_shape[2],
+                     num_classes=train_ds.num_classes, seed=seed, **preset)
+    return {"spec": spec, "tcfg": _train_config(args, key, seed, train_ds), "mcfg": mcfg,
+            "train": train_ds, "val": val_ds, "resume": None,
+            "out": Path(args.out) if args.out else _default_out(key)}
+
+
+def _image_side_and_channels(args, key: str) -> tuple[int, int]:
+    """The image side and channels of a new run's data, with the options checked against the
+    dataset."""
+    side, channels = DATASET_SHAPES[key]
+    if key in ("shapes", "folder"):
+        side = args.image_size or side
+        if key == "folder":
+            channels = args.channels or channels
+    elif args.image_size is not None and args.image_size != side:
+        raise CLIError(f"--image-size: {key} images are {side}x{side}, got {args.image_size} "
+                       "(only shapes and folder data can be resized)")
+    if args.n_train is not None and key != "shapes":
+        raise CLIError("--n-train: only for --dataset shapes")
+    if args.channels is not None and key != "folder":
+        raise CLIError("--channels: only for --dataset folder")
+    if key == "shapes" and side < 8:
+        raise CLIError(f"--image-size: expected at least 8 for the shapes data, got {side}")
+    if side < 2:
+        raise CLIError(f"--image-size: expected at least 2 (two patches of one pixel), got {side}")
+    return side, channels
+
+
+def _model_preset(args, key: str, side: int) -> dict:
+    """The model preset for the dataset (--model), a patch size that fits the image, and the
+    architecture options on top."""
+    mnist_like = key in ("mnist", "mnist-test-split", "fashion-mnist")
+    preset = dict(MODEL_PRESETS[args.model or ("mnist" if mnist_like else DEFAULT_PRESET)])
+    if args.patch_size is None and (side % preset["patch_size"] or side // preset["patch_size"] < 2):
+        preset["patch_size"] = next(p for p in (8, 7, 4, 2, 1) if side % p == 0 and side // p >= 2)
+    for k in ("patch_size", "dim", "depth", "heads", "mlp_dim", "pool", "gelu", "pos_embed"):
+        if getattr(args, k) is not None:
+            preset[k] = getattr(args, k)
+    return preset
+
+
+def _check_model_memory(mcfg) -> None:
+    from ._files import check_memory
+    from .model import param_shapes
+    nparams = sum(math.prod(s) for s in param_shapes(mcfg).values())
+    check_memory("--image-size, --patch-size, --dim, --depth", f"a model of {nparams:,} parameters",
+                 nparams * np.dtype(mcfg.dtype).itemsize * 4, "them, their gradients and optimizer moments")
+
+
+def _train_config(args, key: str, seed: int, train_ds):
+    """The dataset's training defaults, the options on top, workers and normalisation."""
+    from .datasets import channel_stats
+    from .train import TrainConfig
+    tdict = dict(TRAIN_DEFAULTS.get(key, {}))
+    for k in ("epochs", "batch_size", "lr", "min_lr", "warmup", "schedule", "weight_decay", "optimizer",
+              "clip", "label_smoothing", "augment_pad", "augment_flip", "max_steps"):
+        if getattr(args, k) is not None:
+            tdict[k] = getattr(args, k)
+    tdict["workers"] = DEFAULT_WORKERS if args.workers is None else args.workers
+    if "min_lr" not in tdict:
+        tdict["min_lr"] = min(1e-5, tdict.get("lr", 1e-3))
+    norm = args.normalize or "image"
+    if norm == "dataset":
+        tdict["normalize"] = list(channel_stats(train_ds))
+    else:
+        tdict["normalize"] = None if norm == "none" else "image"
+    tdict["seed"] = seed
+    return TrainConfig(**tdict)
 
 
 # =========================================================== eval and predict
