@@ -25,7 +25,7 @@ from PIL import Image
 
 from tinyvit import datasets as D
 from tinyvit.datasets import (Augment, BatchIterator, DownloadError, ImageDataset, download, extract_tar,
-                              fetch, iterate_batches, load_cifar10, load_dataset, load_image_folder,
+                              fetch, load_cifar10, load_dataset, load_image_folder,
                               load_mnist, load_uci_digits, make_shapes, read_idx, train_val_split)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -692,10 +692,10 @@ def test_batches_cover_every_example_once_per_epoch():
             assert x.dtype == np.float32 and y.dtype == np.int64
             np.testing.assert_array_equal(y, np.array(ids_of(x)) % 3)   # labels travel with images
     assert it.next_epoch == 2
-    dropped = list(iterate_batches(ds, 5, drop_last=True))
+    dropped = list(BatchIterator(ds, 5, drop_last=True).epoch(0))
     assert len(dropped) == 4 and all(len(x) == 5 for x, _ in dropped)
     assert len(BatchIterator(ds, 5, drop_last=True)) == 4
-    ordered = list(iterate_batches(ds, 10, shuffle=False))
+    ordered = list(BatchIterator(ds, 10, shuffle=False).epoch(0))
     assert ids_of(ordered[0][0]) == list(range(10)) and ids_of(ordered[2][0]) == [20, 21, 22]
 
 
@@ -710,8 +710,8 @@ def test_batches_deterministic_per_epoch():
     assert [ids_of(x) for x, _ in a.epoch(0)] == e0a              # replaying epoch 0
     assert [ids_of(x) for x, _ in BatchIterator(ds, 8, seed=4).epoch(0)] != e0a
     aug = Augment(pad=2, flip=True)
-    r1 = [x for x, _ in iterate_batches(make_shapes(16, 16), 8, seed=1, epoch=2, augment=aug)]
-    r2 = [x for x, _ in iterate_batches(make_shapes(16, 16), 8, seed=1, epoch=2, augment=aug)]
+    r1 = [x for x, _ in BatchIterator(make_shapes(16, 16), 8, seed=1, augment=aug).epoch(2)]
+    r2 = [x for x, _ in BatchIterator(make_shapes(16, 16), 8, seed=1, augment=aug).epoch(2)]
     for x1, x2 in zip(r1, r2):
         np.testing.assert_array_equal(x1, x2)
 
@@ -719,7 +719,7 @@ def test_batches_deterministic_per_epoch():
 def test_batches_do_not_alias_the_dataset():
     ds = indexed_dataset(n=6)
     for shuffle in (True, False):
-        for x, _ in iterate_batches(ds, 3, shuffle=shuffle):
+        for x, _ in BatchIterator(ds, 3, shuffle=shuffle).epoch(0):
             x += 100.0
     assert ds.images.max() == 5.0
 
@@ -759,14 +759,18 @@ def test_random_crop_is_a_shift_of_the_zero_padded_image():
     assert any(s != (p, p) for s in shifts) and (out == 0).any()  # zero padding shows up
 
 
-def test_iterator_augment_and_normalize():
+def test_iterator_augment_then_normalize():
+    """Batches hold the data's values; normalisation is the training loop's one path
+    (normalize_images), applied after augmentation."""
+    from tinyvit.train import normalize_images
     ds = make_shapes(20, image_size=16, seed=0)
     mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.5)
-    plain = next(iter(iterate_batches(ds, 20, shuffle=False)))[0]
-    normed = next(iter(iterate_batches(ds, 20, shuffle=False, normalize=(mean, std))))[0]
+    plain = next(iter(BatchIterator(ds, 20, shuffle=False).epoch(0)))[0]
+    np.testing.assert_array_equal(plain, ds.images.astype(np.float32))
+    normed = normalize_images(plain, [list(mean), list(std)])
     np.testing.assert_allclose(normed, (plain - np.array(mean)) / np.array(std), rtol=1e-5, atol=1e-6)
     assert normed.dtype == np.float32
-    x, y = next(iter(iterate_batches(ds, 8, augment=Augment(pad=4, flip=True), normalize=(0.5, 0.25))))
+    x, y = next(iter(BatchIterator(ds, 8, augment=Augment(pad=4, flip=True)).epoch(0)))
     assert x.shape == (8, 16, 16, 3) and x.dtype == np.float32 and y.shape == (8,)
     mean_c, std_c = D.channel_stats(ds)
     assert len(mean_c) == 3 and all(s > 0 for s in std_c)
@@ -776,9 +780,6 @@ def test_iterator_augment_and_normalize():
     (dict(batch_size=0), "batch_size"),
     (dict(batch_size=50, drop_last=True), "batch_size"),
     (dict(augment="flip"), "augment"),
-    (dict(normalize=(0.5,)), "normalize"),
-    (dict(normalize=((0.5, 0.5), 1.0)), "mean"),
-    (dict(normalize=(0.5, 0.0)), "std"),
     (dict(seed=-3), "seed"),
     (dict(shuffle="yes"), "shuffle"),
 ])
@@ -858,12 +859,13 @@ def test_sizes_that_would_exhaust_memory_are_refused_before_allocating():
         make_shapes(10, 100000)
 
 
-def test_bad_normalisation_for_batches_names_the_part():
-    ds = make_shapes(8, 8)
-    for normalize, word in (((0.5, 0.0), "std: expected numbers > 0"), ((0.5, "x"), "std: expected a number"),
-                            ((float("inf"), 1.0), "mean: expected finite")):
+def test_bad_normalisation_names_the_part():
+    from tinyvit.train import TrainConfig
+    for normalize, word in (([0.5, 0.0], "std: expected numbers > 0"), ([0.5, "x"], "std: expected a number"),
+                            ([float("inf"), 1.0], "mean: expected finite"), ([0.5], "normalize"),
+                            ([[0.5, 0.5], 1.0, 2.0], "normalize")):
         with pytest.raises((ValueError, TypeError), match=word):
-            BatchIterator(ds, 4, normalize=normalize)
+            TrainConfig(normalize=normalize)
 
 
 @pytest.mark.parametrize("fmt", ["TIFF", "PNG", "JPEG"])

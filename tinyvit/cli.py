@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ._env import THREAD_VARS, tuned_env
+from .datasets import DATASET_SHAPES, SHAPES_N_TRAIN, SHAPES_N_VAL, TRAIN_DEFAULTS
 
 
 class CLIError(Exception):
@@ -65,21 +66,6 @@ MODEL_PRESETS = {
 }
 DEFAULT_PRESET = "tiny"
 
-# Per dataset: (image side for the data, channels, the data's own image size is fixed?)
-DATASET_SHAPES = {"shapes": (32, 3), "mnist": (28, 1), "mnist-test-split": (28, 1), "fashion-mnist": (28, 1),
-                  "cifar10": (32, 3), "digits": (8, 1), "folder": (32, 3)}
-
-# Training defaults per dataset (anything not listed comes from TrainConfig).
-TRAIN_DEFAULTS = {
-    "shapes": dict(epochs=8, batch_size=64, lr=3e-3, warmup=1.0, augment_flip=True),
-    "mnist-test-split": dict(epochs=30, batch_size=64, lr=3e-3, warmup=1.0, augment_pad=1),
-    "mnist": dict(epochs=5, batch_size=128, lr=1e-3, warmup=1.0, augment_pad=2),
-    "fashion-mnist": dict(epochs=10, batch_size=128, lr=1e-3, warmup=1.0, augment_pad=2),
-    "cifar10": dict(epochs=20, batch_size=128, lr=1e-3, warmup=1.0, augment_pad=4, augment_flip=True),
-    "digits": dict(epochs=30, batch_size=32, lr=2e-3, warmup=1.0),
-    "folder": dict(epochs=20, batch_size=32, lr=1e-3, warmup=1.0, augment_pad=2, augment_flip=True),
-}
-SHAPES_N_TRAIN, SHAPES_N_VAL = 20000, 2000
 DEFAULT_WORKERS = 2            # `tinyvit train` splits each batch over 2 processes (TrainConfig's default: 1)
 
 # Options that are not training settings: --resume allows them, and the training settings that
@@ -195,11 +181,11 @@ def _add_train_parser(sub):
 
 
 def _dataset_key(name: str) -> str:
-    from .datasets import DATASET_NAMES, _ALIASES
-    key = _ALIASES.get(name.lower(), name.lower())
-    if key not in DATASET_NAMES:
-        raise CLIError(f"--dataset: expected one of {', '.join(DATASET_NAMES)}, got {name!r}")
-    return key
+    from .datasets import dataset_key
+    try:
+        return dataset_key(name)
+    except ValueError as e:
+        raise CLIError(f"--{e}") from None
 
 
 def _load_data(spec: dict):

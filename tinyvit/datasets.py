@@ -41,8 +41,9 @@ __all__ = [
     "ImageDataset", "make_shapes", "SHAPE_CLASSES", "DEFAULT_SHAPES",
     "read_idx", "read_image", "shapes_bytes", "load_mnist", "load_cifar10", "load_uci_digits", "load_image_folder",
     "RemoteFile", "REGISTRY", "DownloadError", "download", "fetch", "extract_tar",
-    "load_dataset", "DATASET_NAMES", "train_val_split", "channel_stats",
-    "Augment", "BatchIterator", "iterate_batches",
+    "load_dataset", "dataset_key", "DATASET_NAMES", "DATASET_SHAPES", "TRAIN_DEFAULTS",
+    "SHAPES_N_TRAIN", "SHAPES_N_VAL", "train_val_split", "channel_stats",
+    "Augment", "BatchIterator",
     "MNIST_CLASSES", "FASHION_CLASSES", "CIFAR10_CLASSES",
 ]
 
@@ -145,6 +146,7 @@ def _to_float01(x: np.ndarray, scale: float) -> np.ndarray:
 # All shapes that can be drawn; the default set is the six most distinct ones.
 SHAPE_CLASSES = ("circle", "square", "triangle", "cross", "ring", "star", "diamond", "frame")
 DEFAULT_SHAPES = SHAPE_CLASSES[:6]
+SHAPES_N_TRAIN, SHAPES_N_VAL = 20000, 2000      # the built-in data's training and held-out sizes
 
 
 def _rotate(points: np.ndarray, angle: float) -> np.ndarray:
@@ -234,7 +236,7 @@ def shapes_bytes(n: int, image_size: int) -> int:
     return n * image_size * image_size * (3 * 4 + 2)
 
 
-def make_shapes(n: int = 10000, image_size: int = 32, seed: int = 0, *,
+def make_shapes(n: int = SHAPES_N_TRAIN, image_size: int = 32, seed: int = 0, *,
                 classes: Sequence[str] | None = None, size_range=(0.5, 0.85),
                 max_rotation: float = 10.0, noise: float = 0.05, min_contrast: float = 0.3,
                 supersample: int = 4) -> ImageDataset:
@@ -824,6 +826,31 @@ DATASET_NAMES = ("shapes", "mnist", "mnist-test-split", "fashion-mnist", "cifar1
 _ALIASES = {"fashion": "fashion-mnist", "fashion_mnist": "fashion-mnist", "cifar-10": "cifar10",
             "uci-digits": "digits", "mnist_test_split": "mnist-test-split"}
 
+# Per dataset: the side and channels of its images (shapes and folder: the defaults).
+DATASET_SHAPES = {"shapes": (32, 3), "mnist": (28, 1), "mnist-test-split": (28, 1),
+                  "fashion-mnist": (28, 1), "cifar10": (32, 3), "digits": (8, 1), "folder": (32, 3)}
+
+# Training defaults per dataset for `tinyvit train` (anything not listed comes from TrainConfig).
+TRAIN_DEFAULTS = {
+    "shapes": dict(epochs=8, batch_size=64, lr=3e-3, warmup=1.0, augment_flip=True),
+    "mnist-test-split": dict(epochs=30, batch_size=64, lr=3e-3, warmup=1.0, augment_pad=1),
+    "mnist": dict(epochs=5, batch_size=128, lr=1e-3, warmup=1.0, augment_pad=2),
+    "fashion-mnist": dict(epochs=10, batch_size=128, lr=1e-3, warmup=1.0, augment_pad=2),
+    "cifar10": dict(epochs=20, batch_size=128, lr=1e-3, warmup=1.0, augment_pad=4, augment_flip=True),
+    "digits": dict(epochs=30, batch_size=32, lr=2e-3, warmup=1.0),
+    "folder": dict(epochs=20, batch_size=32, lr=1e-3, warmup=1.0, augment_pad=2, augment_flip=True),
+}
+
+
+def dataset_key(name: str) -> str:
+    """The canonical name of a dataset ("Fashion" -> "fashion-mnist"); ValueError if unknown."""
+    if not isinstance(name, str):
+        raise TypeError(f"dataset: expected a name, got {describe(name)}")
+    key = _ALIASES.get(name.lower(), name.lower())
+    if key not in DATASET_NAMES:
+        raise ValueError(f"dataset: expected one of {', '.join(DATASET_NAMES)}, got {name!r}")
+    return key
+
 
 def _ensure_cifar(data_dir: Path, download_missing: bool) -> Path:
     folder = Path(data_dir) / _SUBDIR["cifar10"]
@@ -845,7 +872,7 @@ def _ensure_cifar(data_dir: Path, download_missing: bool) -> Path:
 
 def load_dataset(name: str, data_dir=DEFAULT_DATA_DIR, download: bool = True, *, seed: int = 0,
                  val_fraction: float = 0.2, root=None, image_size=None, channels: int = 3,
-                 n_train: int = 10000, n_test: int = 2000):
+                 n_train: int = SHAPES_N_TRAIN, n_test: int = SHAPES_N_VAL):
     """Load a dataset by name and return ``(train, test)`` ImageDatasets.
 
     name              "shapes"            synthetic shapes (n_train + n_test images, image_size default 32)
@@ -944,7 +971,7 @@ def train_val_split(ds: ImageDataset, val_fraction: float = 0.2, seed: int = 0):
 
 
 def channel_stats(ds: ImageDataset) -> tuple[list[float], list[float]]:
-    """Per-channel mean and standard deviation, for ``normalize=(mean, std)``."""
+    """Per-channel mean and standard deviation, for TrainConfig(normalize=[mean, std])."""
     x = ds.images.reshape(-1, ds.images.shape[-1]).astype(np.float64)
     return x.mean(axis=0).tolist(), x.std(axis=0).tolist()
 
@@ -990,20 +1017,10 @@ class Augment:
         return out
 
 
-def _norm_arrays(normalize, channels: int):
-    if normalize is None:
-        return None
-    if isinstance(normalize, str):
-        raise TypeError(f"normalize: expected (mean, std) or None, got {describe(normalize)}")
-    mean, std = check_normalize("normalize", normalize, channels)
-    return np.array(mean, np.float32), (1.0 / np.array(std, np.float64)).astype(np.float32)
-
-
 class BatchIterator:
     """Mini-batches of (images (B, H, W, C) float32, labels (B,) int64).
 
-    BatchIterator(ds, batch_size, shuffle=True, seed=0, augment=None,
-                  normalize=None, drop_last=False)
+    BatchIterator(ds, batch_size, shuffle=True, seed=0, augment=None, drop_last=False)
 
     Each epoch visits every example exactly once (the last batch may be
     smaller unless drop_last). Shuffling and augmentation draw from a generator
@@ -1011,12 +1028,12 @@ class BatchIterator:
     ``for images, labels in it`` runs the next epoch (0, 1, 2, ...);
     ``it.epoch(e)`` runs a chosen one. Batches are fresh arrays, safe to modify.
     augment    None or an Augment(pad=..., flip=...)
-    normalize  None or (mean, std): numbers or per-channel sequences; applied
-               after augmentation, so padded pixels equal -mean/std
+    Batches are the data's own values in [0, 1]; the training loop normalises them
+    (tinyvit.train.normalize_images, the one normalisation path).
     """
 
     def __init__(self, ds: ImageDataset, batch_size: int, shuffle: bool = True, seed: int = 0,
-                 augment: Augment | None = None, normalize=None, drop_last: bool = False):
+                 augment: Augment | None = None, drop_last: bool = False):
         if not isinstance(ds, ImageDataset):
             raise TypeError(f"ds: expected an ImageDataset, got {describe(ds)}")
         self.ds = ds
@@ -1029,8 +1046,6 @@ class BatchIterator:
         if augment is not None and not isinstance(augment, Augment):
             raise TypeError(f"augment: expected None or an Augment(pad=..., flip=...), got {describe(augment)}")
         self.augment = augment
-        self.normalize = normalize
-        self._norm = _norm_arrays(normalize, ds.images.shape[-1])
         if drop_last and len(ds) < self.batch_size:
             raise ValueError(f"batch_size: expected at most {len(ds)} (the dataset size) with drop_last=True, "
                              f"got {self.batch_size}")
@@ -1061,14 +1076,5 @@ class BatchIterator:
                 x = images[idx].astype(np.float32, copy=False)          # fancy indexing copies
             if self.augment is not None:
                 x = self.augment(x, rng)
-            if self._norm is not None:
-                mean, inv_std = self._norm
-                x -= mean
-                x *= inv_std
             yield x, labels[idx].copy()
 
-
-def iterate_batches(ds: ImageDataset, batch_size: int, shuffle: bool = True, seed: int = 0, epoch: int = 0,
-                    augment: Augment | None = None, normalize=None, drop_last: bool = False):
-    """One epoch of (images, labels) batches; see BatchIterator."""
-    return BatchIterator(ds, batch_size, shuffle, seed, augment, normalize, drop_last).epoch(epoch)
