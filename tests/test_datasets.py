@@ -896,7 +896,7 @@ def test_damaged_images_give_one_error_and_no_pillow_warnings(tmp_path, fmt):
 
 
 def test_a_digits_csv_that_inflates_without_end_is_refused_after_the_limit(tmp_path, monkeypatch):
-    monkeypatch.setattr(D, "_DIGITS_MAX_BYTES", 1000)
+    monkeypatch.setattr(D.formats, "_DIGITS_MAX_BYTES", 1000)
     (tmp_path / "digits.csv.gz").write_bytes(gzip.compress(b"0," * 5000))
     with pytest.raises(ValueError, match=r"digits.csv.gz: expected at most 1 KB of data, got more"):
         load_uci_digits(tmp_path)
