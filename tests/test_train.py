@@ -368,3 +368,12 @@ def test_bad_arguments_name_themselves(data):
         train(tiny_model(), train_ds.images, val_ds, progress=False)
     with pytest.raises(ValueError, match="unexpected keys"):
         train(tiny_model(), train_ds, val_ds, progress=False, learning_rate=0.1)
+
+
+def test_epoch_line_without_validation_says_so(data):
+    import io
+    train_ds, _ = data
+    out = io.StringIO()
+    train(tiny_model(), train_ds, None, TrainConfig(**{**FAST, "epochs": 1}), stream=out)
+    text = out.getvalue()
+    assert "no validation set" in text and "nan" not in text, text

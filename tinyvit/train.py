@@ -263,6 +263,14 @@ def _fmt_time(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
+def val_text(row: dict, has_val: bool) -> str:
+    """The validation part of an epoch line; says so when there is no validation set
+    (rather than printing NaNs, which read like a diverged run)."""
+    if not has_val:
+        return "no validation set"
+    return f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}"
+
+
 class _Progress:
     """One line updated in place on a terminal; plain lines every log_every steps otherwise."""
 
@@ -501,7 +509,7 @@ def train(model: ViT, train_ds: ImageDataset, val_ds: ImageDataset | None = None
             epoch += 1
             batch_done = 0
             bar.line(f"epoch {row['epoch']}/{cfg.epochs}  step {step}  train loss {row['train_loss']:.4f} "
-                     f"acc {row['train_acc']:.4f}  val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}  "
+                     f"acc {row['train_acc']:.4f}  {val_text(row, val_ds is not None and len(val_ds) > 0)}  "
                      f"lr {row['lr']:.2e}  {row['images_per_s']:,.0f} img/s  {_fmt_time(row['wall_time'])}")
             save()
     except KeyboardInterrupt:
