@@ -453,7 +453,7 @@ def plot_cls_attention(image, attn_block, grid, index: int = 0, block: int | Non
         cb = fig.colorbar(im, ax=axes, fraction=0.025, pad=0.02)
         cb.ax.tick_params(labelsize=7)
         cb.ax.axhline(uniform, color="cyan", lw=1.5)
-        cb.set_label(f"attention weight (cyan: uniform 1/T = 1/{T})", fontsize=8)
+        cb.set_label(f"weight (cyan: uniform 1/T = 1/{T})", fontsize=8)
     return _finish(fig, save)
 
 
@@ -541,7 +541,7 @@ def plot_rollout(image, rollout_map, mask=None, title: str | None = None, save=N
     cb = fig.colorbar(im, ax=[ax1, ax2], fraction=0.04, pad=0.02)
     cb.ax.tick_params(labelsize=7)
     cb.ax.axhline(1.0 / N, color="cyan", lw=1.5)
-    cb.set_label(f"share of rollout mass (cyan: uniform 1/N = 1/{N})", fontsize=8)
+    cb.set_label(f"share (cyan: uniform 1/N = 1/{N})", fontsize=8)
     return _finish(fig, save)
 
 

@@ -30,7 +30,7 @@
 # %%
 import numpy as np
 
-from _setup import FIGURES, QUICK, show   # see tutorials/_setup.py
+from tinyvit.tutorial import FIGURES, QUICK, display_figure, show
 from tinyvit import ViT, ViTConfig, viz
 from tinyvit.checkpoint import load_checkpoint
 from tinyvit.datasets import load_dataset
