@@ -44,7 +44,7 @@ def test_tutorial_format(name):
     assert "TINYVIT_QUICK" in src and "TINYVIT_FIGURES" in src
     assert "_setup" not in src, "imports from a file beside the tutorial: a copy elsewhere would not run"
     # every literal figure name in the source is in the promised list, and shown with display_figure
-    for fig in re.findall(r"\"(\d\d_[a-z_0-9{}]+\.png)\"", src):
+    for fig in re.findall(r"\"(\d\d_[a-z_0-9]+\.png)\"", src):
         assert fig in PROMISED[name], f"{name} writes {fig}, which the test does not check"
     assert "save=" not in src, "figures go through display_figure, so they also show in a notebook"
 

@@ -95,7 +95,7 @@ def trained_run(name: str, **options) -> Path:
         for f in out.iterdir():
             if f.is_file():
                 f.unlink()
-    print("$ tinyvit train", " ".join(args[5:]))
+    print("$ tinyvit train", " ".join(args[4:]))
     t0 = time.perf_counter()
     env = tuned_env(threads=1)
     env["PYTHONUNBUFFERED"] = "1"
