@@ -49,11 +49,26 @@ def test_tutorial_format(name):
     assert "save=" not in src, "figures go through display_figure, so they also show in a notebook"
 
 
+SOLUTIONS = sorted(p.name for p in (TUTORIALS / "solutions").glob("[0-9][0-9]_solutions.py"))
+
+
+def test_every_tutorial_has_worked_solutions():
+    assert SOLUTIONS == [name[:2] + "_solutions.py" for name in sorted(PROMISED)]
+    for name in PROMISED:
+        src = (TUTORIALS / name).read_text()
+        assert f"solutions/{name[:2]}_solutions.py" in src, f"{name} does not point to its solutions"
+        exercises = re.findall(r"^# (\d)\. ", src.split("## Exercises")[1], re.M)
+        solved = (TUTORIALS / "solutions" / f"{name[:2]}_solutions.py").read_text()
+        for number in exercises:
+            assert re.search(rf"^# ## Exercises? (\d and )?{number}\b|^# ## Exercises? {number} and",
+                             solved, re.M), f"{name}: exercise {number} has no worked solution"
+
+
 def _text(output) -> str:
     return output.get("text", "") if output.get("output_type") == "stream" else ""
 
 
-@pytest.mark.parametrize("name", sorted(PROMISED))
+@pytest.mark.parametrize("name", sorted(PROMISED) + [f"solutions/{s}" for s in SOLUTIONS])
 def test_tutorial_runs_as_a_notebook(name, tmp_path):
     pytest.importorskip("jupytext", reason="notebook tools not installed: pip install -e '.[notebooks]'")
     pytest.importorskip("nbclient", reason="notebook tools not installed: pip install -e '.[notebooks]'")
@@ -67,7 +82,9 @@ def test_tutorial_runs_as_a_notebook(name, tmp_path):
 
     code = [c for c in nb.cells if c.cell_type == "code"]
     printed = "".join(_text(o) for c in code for o in c.outputs)
-    assert "shape (" in printed                         # it prints the shapes of its arrays
+    assert printed.strip(), f"{name} printed nothing"
+    if not name.startswith("solutions/"):
+        assert "shape (" in printed                     # a tutorial prints the shapes of its arrays
     figure_cells = 0
     for c in code:
         stderr = "".join(o.get("text", "") for o in c.outputs
@@ -77,6 +94,8 @@ def test_tutorial_runs_as_a_notebook(name, tmp_path):
             figure_cells += 1
             images = [o for o in c.outputs if "image/png" in o.get("data", {})]
             assert images, f"{name}: this figure cell showed no image inline:\n{c.source[:300]}"
+    if name.startswith("solutions/"):
+        return
     assert figure_cells > 0
     for fig in PROMISED[name]:
         path = tmp_path / "figures" / fig

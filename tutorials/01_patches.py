@@ -167,6 +167,9 @@ print("max |conv - linear| =", float(np.abs(conv.reshape(-1, gh * gw, D) - token
 #
 # ## Exercises
 #
+# Worked solutions, each checked by its own code: `solutions/01_solutions.py`
+# (a teacher can leave that folder out of what students get).
+#
 # 1. Patchify a 28x28x1 image with P = 7. What are N and the patch length? Why
 #    does P = 5 fail, and what does the error message say?
 # 2. Write `patchify` with two Python loops over the grid and check it against

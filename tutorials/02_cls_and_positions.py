@@ -175,6 +175,9 @@ display_figure(viz.plot_pos_embed_similarity(
 # %% [markdown]
 # ## Exercises
 #
+# Worked solutions, each checked by its own code: `solutions/02_solutions.py`
+# (a teacher can leave that folder out of what students get).
+#
 # 1. `pos_backward` returns `dpos = dout.sum(axis=0, keepdims=True)`. Check it
 #    numerically the way 2.2 checks `dcls`.
 # 2. In 2.3, switch the model to `pool="mean"` (`ViTConfig(..., pool="mean")`) and

@@ -199,6 +199,9 @@ display_figure(fig, "03_layernorm.png")
 # %% [markdown]
 # ## Exercises
 #
+# Worked solutions, each checked by its own code: `solutions/03_solutions.py`
+# (a teacher can leave that folder out of what students get).
+#
 # 1. Drop the mean path instead (`- g.mean(...)`) and run both checks of 3.4.
 #    Which one catches it?
 # 2. Show that the sum over the features of `dx` is zero for every token. Why

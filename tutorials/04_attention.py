@@ -205,6 +205,9 @@ display_figure(viz.plot_cls_attention(data.images[0], attn[0], cfg.grid, block=0
 # %% [markdown]
 # ## Exercises
 #
+# Worked solutions, each checked by its own code: `solutions/04_solutions.py`
+# (a teacher can leave that folder out of what students get).
+#
 # 1. Replace `/ np.sqrt(d)` by nothing and give `x` a 10x larger scale. What
 #    happens to the rows of A, and to the softmax gradient? (This is why the
 #    scores are scaled.)

@@ -208,6 +208,9 @@ print(f"dx relative error, dropped residual: {rel_error(buggy_block_backward(dou
 # %% [markdown]
 # ## Exercises
 #
+# Worked solutions, each checked by its own code: `solutions/05_solutions.py`
+# (a teacher can leave that folder out of what students get).
+#
 # 1. Write the tanh GELU's derivative by hand and compare it with
 #    `gelu_backward(ones, c_tanh)`.
 # 2. Make a "post-norm" block (`x = LayerNorm(x + Attention(x))`, as in the

@@ -197,6 +197,9 @@ display_figure(fig, "06_gradcheck.png")
 #
 # ## Exercises
 #
+# Worked solutions, each checked by its own code: `solutions/06_solutions.py`
+# (a teacher can leave that folder out of what students get).
+#
 # 1. Repeat 6.2 with `pool="mean"`. Which rows of `dtokens` are non-zero now,
 #    and with what value?
 # 2. `model.backward(dlogits, cache, input_grad=True)` also returns the gradient

@@ -188,6 +188,9 @@ print("reloaded model gives identical logits:", same)
 # %% [markdown]
 # ## Exercises
 #
+# Worked solutions, each checked by its own code: `solutions/07_solutions.py`
+# (a teacher can leave that folder out of what students get).
+#
 # 1. Train with `warmup=0, lr=1e-2` (in `trained_run`, or
 #    `TrainConfig(warmup=0, lr=1e-2)` with `train`). Does it still learn? Look
 #    at the first steps of `history["steps"]["loss"]` and `["grad_norm"]`.

@@ -322,6 +322,9 @@ for name, m in [("pool=cls", model_cls), ("pool=mean", model_mean)]:
 # %% [markdown]
 # ## Exercises
 #
+# Worked solutions, each checked by its own code: `solutions/08_solutions.py`
+# (a teacher can leave that folder out of what students get).
+#
 # 1. Compute the localisation score from the last block's raw CLS attention
 #    (heads averaged) instead of the rollout. Is it higher or lower, and why?
 # 2. Change the residual weight in `attention_rollout(..., residual=...)` from
