@@ -536,7 +536,7 @@ def cmd_attention(args) -> int:
         if args.all_blocks:
             saved.append(out / f"{stem}_cls_all_blocks.png")
             plot_attention_grid(shown, attn, grid, save=saved[-1],
-                                title=f"{about}: CLS attention, blocks (rows) x heads (columns)")
+                                title=f"{about}\nCLS attention, blocks (rows) x heads (columns)")
         print(f"  saved: {', '.join(map(str, saved))}")
     return 0
 

@@ -47,18 +47,17 @@ def in_notebook() -> bool:
     return shell is not None and getattr(shell, "kernel", None) is not None
 
 
-def display_figure(fig, name: str, dpi: int = 100) -> None:
+def display_figure(fig, name: str) -> None:
     """Save ``fig`` (a matplotlib Figure) as FIGURES/name and show it inline in a notebook.
 
     The picture shown is the saved PNG itself, so the notebook and the file agree.
     """
     if not str(name).endswith(".png"):
         raise ValueError(f"name: expected a file name ending in .png, got {name!r}")
-    FIGURES.mkdir(parents=True, exist_ok=True)
+    from .viz import save_figure
+
     path = FIGURES / name
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, dpi=dpi, format="png")
-    os.replace(tmp, path)                               # a crash never leaves half a PNG
+    save_figure(fig, path)                              # atomic, and trimmed as every tinyvit figure
     if in_notebook():
         from IPython.display import Image, display
         display(Image(data=path.read_bytes(), format="png"))

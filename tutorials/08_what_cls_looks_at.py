@@ -132,8 +132,8 @@ display_figure(viz.plot_cls_attention(images[0], attn[last], grid, index=0, bloc
 
 # %%
 display_figure(viz.plot_attention_grid(images[0], attn, grid, index=0,
-                                       title=f"pool=cls model: CLS attention, blocks (rows) x heads "
-                                             f"(columns) ({about(0)})"),
+                                       title=f"pool=cls model: CLS attention,\nblocks (rows) x heads "
+                                             f"(columns)\n{about(0)}"),
                "08_cls_attention_grid.png")
 
 # %% [markdown]
@@ -258,7 +258,7 @@ print(f"{grid[0]}x{grid[1]} grid used above: {u_here:.3f} touch the object, the 
 # from the object to the CLS token, not that the decision *depends* on those
 # patches; exercise 3 tests that.
 #
-# ### Is the CLS token of a `pool="mean"` model trained at all?
+# ### Is the CLS token of a mean-pooling model trained at all?
 #
 # Its head never reads it, but the CLS token is still in the sequence: in every
 # block the patch tokens attend to it, so its value is mixed into theirs, and
