@@ -208,4 +208,4 @@ display_figure(fig, "06_gradcheck.png")
 # 3. Count the parameters by hand from the config (patch embedding, CLS, position
 #    table, per block, final norm, head) and compare with `model.num_params()`.
 # 4. Make the model float32 (`dtype="float32"`) and run the gradient check. Why
-#    do the errors grow to around 1e-3 or worse?
+#    do the errors grow by several orders of magnitude?

@@ -122,9 +122,10 @@ print(f"{total} steps: lr at step 0 {lrs[0]:.2e}, peak {lrs.max():.2e} at step {
 # (`tinyvit.tutorial.trained_run`): NumPy's BLAS reads its thread count, and the
 # C library its memory settings, only when a process starts, and `tinyvit
 # train` starts with the settings that keep these small matrices fast (one BLAS
-# thread per worker; `tinyvit/_env.py` says why). A notebook kernel has long
-# started, so training inside it would be slower. Running the cell again with
-# the same options reuses the finished run.
+# thread per worker; `tinyvit train --help` and `tinyvit/_env.py` say why). A
+# notebook kernel has long started without them, so training inside it would
+# be slower. Running the cell again with the same options reuses the finished
+# run.
 
 # %%
 ckpt_path = trained_run("07_quick" if QUICK else "07_full", n_train=N_TRAIN, epochs=EPOCHS,
