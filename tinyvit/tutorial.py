@@ -102,7 +102,8 @@ def trained_run(name: str, **options) -> Path:
     lines = []
     for line in proc.stdout:                            # epoch lines appear as they are printed
         lines.append(line)
-        print(line, end="")
+        warning = "Warning" in line or "warning:" in line   # stays a warning in the notebook
+        print(line, end="", file=sys.stderr if warning else sys.stdout)
     if proc.wait() != 0:
         raise RuntimeError(f"tinyvit train failed (exit code {proc.returncode}):\n{''.join(lines[-20:])}")
     print(f"(trained in {time.perf_counter() - t0:.0f} s)")
