@@ -101,3 +101,19 @@ def test_tutorial_runs_as_a_notebook(name, tmp_path):
         path = tmp_path / "figures" / fig
         assert path.is_file(), f"{name} did not write {fig}"
         assert path.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_a_figure_that_ends_a_cell_shows_inline(tmp_path):
+    """After `import tinyvit.tutorial`, a tinyvit figure returned by the last line of a cell
+    is shown as a PNG (a fresh kernel would print `<Figure size ...>`)."""
+    pytest.importorskip("nbclient", reason="notebook tools not installed: pip install -e '.[notebooks]'")
+    from tinyvit.tutorial import execute_notebook
+
+    src = tmp_path / "figure_cell.py"
+    src.write_text("# %%\nimport numpy as np\nimport tinyvit.tutorial\nfrom tinyvit import viz\n\n"
+                   "# %%\nviz.plot_patch_grid(np.zeros((8, 8, 3)), 4)\n")
+    env = dict(os.environ)
+    env.pop("MPLBACKEND", None)
+    nb = execute_notebook(src, cwd=tmp_path, env=env, timeout=120)
+    outputs = nb.cells[-1].outputs
+    assert any("image/png" in o.get("data", {}) for o in outputs), outputs

@@ -10,6 +10,8 @@ folder, ...) runs as it is: nothing here depends on where the file sits.
 - show(name, x): one line with an array's name, shape and dtype.
 - display_figure(fig, name): saves a figure under FIGURES and, in a notebook
   (Jupyter, VS Code), shows it inline. Run as a script, it only saves.
+- Imported in a notebook, it also lets any matplotlib Figure that ends a cell show
+  as a picture (show_figures_inline), e.g. `viz.plot_patch_grid(image, 4)`.
 - trained_run(name, **options): a `tinyvit train` run in a process of its own,
   with the thread and memory settings `tinyvit train` always uses (they must be
   set before a process starts, so a notebook kernel cannot take them itself);
@@ -45,6 +47,31 @@ def in_notebook() -> bool:
         return False
     shell = ipython.get_ipython()
     return shell is not None and getattr(shell, "kernel", None) is not None
+
+
+def show_figures_inline() -> bool:
+    """In a notebook, let a matplotlib Figure at the end of a cell show as a picture.
+
+    tinyvit's plot functions build figures without pyplot (no global state, no
+    display needed), and a fresh kernel shows such a figure only as
+    `<Figure size ...>`. This registers a PNG formatter for Figure with the running
+    kernel (what pyplot's inline backend does for its own figures). Called when this
+    module is imported in a kernel; returns whether it registered one.
+    """
+    if not in_notebook():
+        return False
+    import io
+
+    from matplotlib.figure import Figure
+
+    def png(fig):
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=fig.dpi, bbox_inches="tight", pad_inches=0.08)
+        return buf.getvalue()
+
+    shell = sys.modules["IPython"].get_ipython()
+    shell.display_formatter.formatters["image/png"].for_type(Figure, png)
+    return True
 
 
 def display_figure(fig, name: str) -> None:
@@ -147,3 +174,6 @@ def execute_notebook(source, cwd, env: dict | None = None, timeout: int = 900):
                             resources={"metadata": {"path": str(cwd)}})
     client.execute(cwd=str(cwd), env=dict(os.environ if env is None else env))
     return nb
+
+
+show_figures_inline()
