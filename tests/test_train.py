@@ -500,3 +500,12 @@ def test_checkpoint_and_history_files_get_the_modes_the_umask_gives(data, tmp_pa
         os.umask(old)
     modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
     assert modes == {n: 0o640 for n in ("checkpoint.npz", "history.json", "history.csv", "steps.csv")}
+
+
+def test_epoch_line_without_validation_says_so(data):
+    import io
+    train_ds, _ = data
+    out = io.StringIO()
+    train(tiny_model(), train_ds, None, TrainConfig(**{**FAST, "epochs": 1}), stream=out)
+    text = out.getvalue()
+    assert "no validation set" in text and "nan" not in text, text

@@ -1,9 +1,9 @@
-"""Every tutorial runs to the end in quick mode and writes the figures it promises."""
+"""Every tutorial runs as a notebook in a real Jupyter kernel (quick mode), from a folder
+other than tutorials/: each figure cell shows an image inline and saves it, no cell writes
+to stderr (warnings go there), and the promised figures are written."""
 
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -42,21 +42,78 @@ def test_tutorial_format(name):
     assert src.count("# %% [markdown]") >= 3 and re.search(r"^# %%$", src, re.M), "percent-format cells"
     assert "## Exercises" in src
     assert "TINYVIT_QUICK" in src and "TINYVIT_FIGURES" in src
-    # every literal figure name in the source is in the promised list
+    assert "_setup" not in src, "imports from a file beside the tutorial: a copy elsewhere would not run"
+    # every literal figure name in the source is in the promised list, and shown with display_figure
     for fig in re.findall(r"\"(\d\d_[a-z_0-9]+\.png)\"", src):
         assert fig in PROMISED[name], f"{name} writes {fig}, which the test does not check"
+    assert "save=" not in src, "figures go through display_figure, so they also show in a notebook"
 
 
-@pytest.mark.parametrize("name", sorted(PROMISED))
-def test_tutorial_runs_in_quick_mode(name, tmp_path):
-    env = dict(os.environ, TINYVIT_QUICK="1", TINYVIT_FIGURES=str(tmp_path / "figures"), MPLBACKEND="Agg")
-    for var in ("TINYVIT_CKPT_CLS", "TINYVIT_CKPT_MEAN"):
-        env.pop(var, None)
-    proc = subprocess.run([sys.executable, str(TUTORIALS / name)], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, f"{name} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
-    assert "shape (" in proc.stdout                  # it prints the shapes of its arrays
+SOLUTIONS = sorted(p.name for p in (TUTORIALS / "solutions").glob("[0-9][0-9]_solutions.py"))
+
+
+def test_every_tutorial_has_worked_solutions():
+    assert SOLUTIONS == [name[:2] + "_solutions.py" for name in sorted(PROMISED)]
+    for name in PROMISED:
+        src = (TUTORIALS / name).read_text()
+        assert f"solutions/{name[:2]}_solutions.py" in src, f"{name} does not point to its solutions"
+        exercises = re.findall(r"^# (\d)\. ", src.split("## Exercises")[1], re.M)
+        solved = (TUTORIALS / "solutions" / f"{name[:2]}_solutions.py").read_text()
+        for number in exercises:
+            assert re.search(rf"^# ## Exercises? (\d and )?{number}\b|^# ## Exercises? {number} and",
+                             solved, re.M), f"{name}: exercise {number} has no worked solution"
+
+
+def _text(output) -> str:
+    return output.get("text", "") if output.get("output_type") == "stream" else ""
+
+
+@pytest.mark.parametrize("name", sorted(PROMISED) + [f"solutions/{s}" for s in SOLUTIONS])
+def test_tutorial_runs_as_a_notebook(name, tmp_path):
+    pytest.importorskip("jupytext", reason="notebook tools not installed: pip install -e '.[notebooks]'")
+    pytest.importorskip("nbclient", reason="notebook tools not installed: pip install -e '.[notebooks]'")
+    pytest.importorskip("ipykernel", reason="notebook tools not installed: pip install -e '.[notebooks]'")
+    from tinyvit.tutorial import execute_notebook
+
+    env = dict(os.environ, TINYVIT_QUICK="1")
+    for var in ("TINYVIT_CKPT_CLS", "TINYVIT_CKPT_MEAN", "TINYVIT_FIGURES", "MPLBACKEND"):
+        env.pop(var, None)                               # figures: the default folder under cwd
+    nb = execute_notebook(TUTORIALS / name, cwd=tmp_path, env=env, timeout=600)
+
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    printed = "".join(_text(o) for c in code for o in c.outputs)
+    assert printed.strip(), f"{name} printed nothing"
+    if not name.startswith("solutions/"):
+        assert "shape (" in printed                     # a tutorial prints the shapes of its arrays
+    figure_cells = 0
+    for c in code:
+        stderr = "".join(o.get("text", "") for o in c.outputs
+                         if o.get("output_type") == "stream" and o.get("name") == "stderr")
+        assert not stderr, f"{name}: a cell wrote to stderr:\n{c.source[:300]}\n---\n{stderr[:2000]}"
+        if "display_figure(" in c.source:
+            figure_cells += 1
+            images = [o for o in c.outputs if "image/png" in o.get("data", {})]
+            assert images, f"{name}: this figure cell showed no image inline:\n{c.source[:300]}"
+    if name.startswith("solutions/"):
+        return
+    assert figure_cells > 0
     for fig in PROMISED[name]:
         path = tmp_path / "figures" / fig
         assert path.is_file(), f"{name} did not write {fig}"
         assert path.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_a_figure_that_ends_a_cell_shows_inline(tmp_path):
+    """After `import tinyvit.tutorial`, a tinyvit figure returned by the last line of a cell
+    is shown as a PNG (a fresh kernel would print `<Figure size ...>`)."""
+    pytest.importorskip("nbclient", reason="notebook tools not installed: pip install -e '.[notebooks]'")
+    from tinyvit.tutorial import execute_notebook
+
+    src = tmp_path / "figure_cell.py"
+    src.write_text("# %%\nimport numpy as np\nimport tinyvit.tutorial\nfrom tinyvit import viz\n\n"
+                   "# %%\nviz.plot_patch_grid(np.zeros((8, 8, 3)), 4)\n")
+    env = dict(os.environ)
+    env.pop("MPLBACKEND", None)
+    nb = execute_notebook(src, cwd=tmp_path, env=env, timeout=120)
+    outputs = nb.cells[-1].outputs
+    assert any("image/png" in o.get("data", {}) for o in outputs), outputs

@@ -284,3 +284,33 @@ def test_plot_pos_embed_history_confusion(tmp_path, small):
     assert_png(tmp_path / "c.png")
     with pytest.raises(ValueError, match="class_names"):
         viz.plot_confusion(conf, ["a", "b"])
+
+
+def _cyan_marks(fig):
+    """(value, colour-bar range) of every horizontal cyan line drawn on a colour bar."""
+    marks = []
+    for ax in fig.axes:
+        for line in ax.lines:
+            y = np.asarray(line.get_ydata(), dtype=float)
+            if line.get_color() == "cyan" and y.size and np.all(y == y[0]):
+                marks.append((float(y[0]), ax.get_ylim()))
+    return marks
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_raw_cls_attention_marks_uniform_at_one_over_T_inside_the_bar(shared):
+    # a uniform raw row over T = 5 tokens (CLS + a 2x2 grid): every weight is 1/T = 0.2, not 1/N = 0.25
+    T = 5
+    attn = np.full((1, 2, T, T), 1.0 / T)
+    fig = viz.plot_cls_attention(np.zeros((8, 8, 3)), attn, (2, 2), shared_scale=shared)
+    marks = _cyan_marks(fig)
+    assert marks, "no uniform mark drawn"
+    for value, (lo, hi) in marks:
+        assert value == pytest.approx(1.0 / T)
+        assert lo <= value < hi, f"mark {value} outside the colour bar {lo}..{hi}"
+
+
+def test_rollout_marks_uniform_at_one_over_N():
+    fig = viz.plot_rollout(np.zeros((8, 8, 3)), np.full((2, 2), 0.25))
+    (value, (lo, hi)), = _cyan_marks(fig)
+    assert value == pytest.approx(1.0 / 4) and lo <= value < hi

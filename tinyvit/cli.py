@@ -525,10 +525,34 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def _resize_warnings(path: Path, hw, stretches: bool) -> list[str]:
+    """What `tinyvit attention` says when an image is changed a lot before the model sees it:
+    its aspect ratio changed (a tinyvit checkpoint stretches to the model's size; the
+    Google/timm path keeps the ratio and crops the centre), or it shrank by more than 4x."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            w, h = im.size                                # reads the header only
+    except OSError:
+        return []                                         # unreadable: prepare() reports it
+    H, W = hw
+    notes = []
+    if stretches and abs((w / h) / (W / H) - 1) > 0.01:
+        notes.append(f"{path}: the {w}x{h} image (aspect ratio {w / h:.2f}) is stretched to the model's "
+                     f"{W}x{H} (aspect ratio {W / H:.2f}); the attention maps are drawn on the stretched image")
+    shrink = min(w / W, h / H) if not stretches else max(w / W, h / H)
+    if shrink > 4:
+        notes.append(f"{path}: the {w}x{h} image is shrunk {shrink:.1f}x to {W}x{H} for the model; "
+                     "small details may be lost")
+    return notes
+
+
 def cmd_attention(args) -> int:
     from .viz import attention_rollout, plot_attention_grid, plot_cls_attention, plot_rollout
 
     model, names, prepare = _model_for_images(args.checkpoint)
+    stretches = _is_tinyvit(_resolve_checkpoint(args.checkpoint))
     depth = model.config.depth
     if not -depth <= args.block < depth:
         raise CLIError(f"--block: expected a block index in [{-depth}, {depth - 1}], got {args.block}")
@@ -538,16 +562,24 @@ def cmd_attention(args) -> int:
     grid = model.config.grid
     for img in args.images:
         x, shown = prepare(Path(img))
+        for note in _resize_warnings(Path(img), model.config.image_hw, stretches):
+            print(f"tinyvit attention: warning: {note}", file=sys.stderr)
         logits, cache = model.forward(x)
         attn = cache["attn"]                                                   # depth x (1, h, T, T)
-        _print_top_k(img, _softmax(logits)[0], names, args.top_k)
+        probs = _softmax(logits)[0]
+        _print_top_k(img, probs, names, args.top_k)
+        top = int(np.argmax(probs))
+        about = f"{Path(img).name}, predicted {names[top]} ({probs[top]:.2f})"
         stem = Path(img).stem
         saved = [out / f"{stem}_cls_block{block}.png", out / f"{stem}_rollout.png"]
-        plot_cls_attention(shown, attn[block], grid, block=block, save=saved[0])   # figures use no
-        plot_rollout(shown, attention_rollout(attn, grid)[0], save=saved[1])       # pyplot state
+        plot_cls_attention(shown, attn[block], grid, block=block, save=saved[0],      # figures use no
+                           title=f"{about}: block {block}, CLS attention per head")     # pyplot state
+        plot_rollout(shown, attention_rollout(attn, grid)[0], save=saved[1],
+                     title=f"{about}: attention rollout")
         if args.all_blocks:
             saved.append(out / f"{stem}_cls_all_blocks.png")
-            plot_attention_grid(shown, attn, grid, save=saved[-1])
+            plot_attention_grid(shown, attn, grid, save=saved[-1],
+                                title=f"{about}\nCLS attention, blocks (rows) x heads (columns)")
         print(f"  saved: {', '.join(map(str, saved))}")
     return 0
 

@@ -265,6 +265,14 @@ def _fmt_time(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
+def val_text(row: dict, has_val: bool) -> str:
+    """The validation part of an epoch line; says so when there is no validation set
+    (rather than printing NaNs, which read like a diverged run)."""
+    if not has_val:
+        return "no validation set"
+    return f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}"
+
+
 class _Progress:
     """One line updated in place on a terminal; plain lines every log_every steps otherwise."""
 
@@ -590,10 +598,10 @@ class _Run:
         history["running"] = {"loss_sum": 0.0, "correct": 0, "seen": 0}
         self.epoch += 1
         self.batch_done = 0
+        has_val = val_ds is not None and len(val_ds) > 0
         self.bar.line(f"epoch {row['epoch']}/{cfg.epochs}  step {self.step}  train loss "
-                      f"{row['train_loss']:.4f} acc {row['train_acc']:.4f}  val loss "
-                      f"{row['val_loss']:.4f} acc {row['val_acc']:.4f}  lr {row['lr']:.2e}  "
-                      f"{row['images_per_s']:,.0f} img/s  {_fmt_time(row['wall_time'])}")
+                      f"{row['train_loss']:.4f} acc {row['train_acc']:.4f}  {val_text(row, has_val)}  "
+                      f"lr {row['lr']:.2e}  {row['images_per_s']:,.0f} img/s  {_fmt_time(row['wall_time'])}")
         self.save()
 
     def save(self):

@@ -411,7 +411,10 @@ def plot_cls_attention(image, attn_block, grid, index: int = 0, block: int | Non
                   honestly), otherwise each head is scaled to its own maximum
     Panels: the image, then one per head. The maps are stretched over the image
     with extent=(0, W, H, 0), so each coloured cell lies exactly on its patch.
-    A uniform map would show 1/N everywhere (marked on the colour bar).
+    A raw CLS row spreads over all T = N + 1 tokens (the CLS token's weight on
+    itself is not drawn), so a uniform row gives 1/T to every patch: the cyan mark
+    on the colour bar, which always reaches at least 5% above 1/T so the mark is
+    drawn.
     """
     img = _image("image", image)
     a = _attn_array("attn_block", attn_block)
@@ -421,7 +424,8 @@ def plot_cls_attention(image, attn_block, grid, index: int = 0, block: int | Non
     maps = cls_attention(a, grid)                         # (h, gh, gw)
     h = maps.shape[0]
     H, W = img.shape[:2]
-    N = maps.shape[1] * maps.shape[2]
+    T = maps.shape[1] * maps.shape[2] + 1                 # a raw row spreads over CLS + N patches
+    uniform = 1.0 / T
     cols = h + 1
     fig = _new_figure(2.1 * cols + 0.6, 2.6)
     label = "" if block is None else f"block {block}: "
@@ -433,22 +437,23 @@ def plot_cls_attention(image, attn_block, grid, index: int = 0, block: int | Non
     ax.set_title("image", fontsize=9)
     ax.set_xticks([])
     ax.set_yticks([])
-    vmax_all = float(maps.max())
+    vmax_all = max(float(maps.max()), 1.05 * uniform)     # the uniform mark stays on the bar
     axes = []
     for j in range(h):
         ax = fig.add_subplot(1, cols, j + 2)
-        vmax = vmax_all if shared_scale else float(maps[j].max())
+        vmax = vmax_all if shared_scale else max(float(maps[j].max()), 1.05 * uniform)
         im = _overlay(ax, img, maps[j], vmax=vmax)
         ax.set_title(f"head {j}  (max {maps[j].max():.3g})", fontsize=9)
         axes.append(ax)
         if not shared_scale:
-            fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=7)
+            cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
+            cb.ax.tick_params(labelsize=7)
+            cb.ax.axhline(uniform, color="cyan", lw=1.5)
     if shared_scale:
         cb = fig.colorbar(im, ax=axes, fraction=0.025, pad=0.02)
         cb.ax.tick_params(labelsize=7)
-        if 1.0 / N <= vmax_all:
-            cb.ax.axhline(1.0 / N, color="cyan", lw=1.5)
-        cb.set_label("attention weight (cyan: 1/N)", fontsize=8)
+        cb.ax.axhline(uniform, color="cyan", lw=1.5)
+        cb.set_label(f"weight (cyan: uniform 1/T = 1/{T})", fontsize=8)
     return _finish(fig, save)
 
 
@@ -516,10 +521,11 @@ def plot_rollout(image, rollout_map, mask=None, title: str | None = None, save=N
     ax0.imshow(shown, cmap=cmap, vmin=0, vmax=1, extent=(0, W, H, 0), interpolation="nearest")
     ax0.set_title("image", fontsize=9)
     ax1 = fig.add_subplot(1, 3, 2)
-    _overlay(ax1, img, m, vmax=float(m.max()))
+    _overlay(ax1, img, m, vmax=max(float(m.max()), 1.05 / N))
     ax1.set_title("rollout over the image", fontsize=9)
     ax2 = fig.add_subplot(1, 3, 3)
-    im = ax2.imshow(m, cmap=MAP_CMAP, vmin=0.0, vmax=float(m.max()), extent=(0, W, H, 0),
+    vmax = max(float(m.max()), 1.05 / N)                  # the uniform mark stays on the bar
+    im = ax2.imshow(m, cmap=MAP_CMAP, vmin=0.0, vmax=vmax, extent=(0, W, H, 0),
                     interpolation="nearest")
     ax2.set_title("rollout (sums to 1 over patches)", fontsize=9)
     for ax in (ax0, ax2):
@@ -534,9 +540,8 @@ def plot_rollout(image, rollout_map, mask=None, title: str | None = None, save=N
                        colors="cyan", linewidths=1.0)
     cb = fig.colorbar(im, ax=[ax1, ax2], fraction=0.04, pad=0.02)
     cb.ax.tick_params(labelsize=7)
-    if 1.0 / N <= m.max():
-        cb.ax.axhline(1.0 / N, color="cyan", lw=1.5)
-    cb.set_label("share of rollout mass (cyan: 1/N)", fontsize=8)
+    cb.ax.axhline(1.0 / N, color="cyan", lw=1.5)
+    cb.set_label(f"share (cyan: uniform 1/N = 1/{N})", fontsize=8)
     return _finish(fig, save)
 
 

@@ -22,17 +22,19 @@
 # 4. the patch embedding: one linear layer that turns each patch vector into a
 #    D-wide token, and why it is the same thing as a convolution with stride P.
 #
-# Run it with `python tutorials/01_patches.py` (figures go to `tutorials/figures/`,
-# or to the folder named by the environment variable `TINYVIT_FIGURES`), or open
-# it as a notebook (see `tutorials/README.md`). `TINYVIT_QUICK=1` makes every
-# tutorial run fast with smaller data; this one is fast either way.
+# Open it as a notebook (figures show inline) or run it as a script,
+# `python 01_patches.py`. Either way each figure is also saved to `figures/` under
+# the current folder, or to the folder named by the environment variable
+# `TINYVIT_FIGURES`. `TINYVIT_QUICK=1` makes every tutorial run fast with smaller
+# data; this one is fast either way. It needs tinyvit installed (`pip install -e .`
+# in a checkout) and runs from any folder.
 #
 # Shape letters: B batch, H W C image, P patch size, N = (H/P)(W/P) patches, D width.
 
 # %%
 import numpy as np
 
-from _setup import FIGURES, show   # see tutorials/_setup.py
+from tinyvit.tutorial import display_figure, show
 from tinyvit import viz
 from tinyvit.datasets import make_shapes
 from tinyvit.layers import linear_forward, patchify, unpatchify
@@ -102,14 +104,20 @@ show(f"pixels of patch {n}", block)
 assert np.array_equal(block.reshape(-1), patches[0, n])
 print(f"patch {n} = pixels rows {r * P}..{r * P + P - 1}, columns {c * P}..{c * P + P - 1}: matches")
 
-fig = viz.plot_patch_grid(images[0], P, save=FIGURES / "01_patch_grid.png")
-fig = viz.plot_token_sequence(images[0], P, save=FIGURES / "01_token_sequence.png")
-print("saved", FIGURES / "01_patch_grid.png", "and", FIGURES / "01_token_sequence.png")
+# %% [markdown]
+# The image with its 8x8 grid and the patch indices (`01_patch_grid.png`):
+
+# %%
+display_figure(viz.plot_patch_grid(images[0], P), "01_patch_grid.png")
 
 # %% [markdown]
-# `01_patch_grid.png` shows the image with its 8x8 grid and the patch indices;
-# `01_token_sequence.png` shows the same patches as the sequence the transformer
-# will read, with a slot for the CLS token at position 0 (tutorial 2).
+# The same patches as the sequence the transformer will read, with a slot for the
+# CLS token at position 0 (tutorial 2) (`01_token_sequence.png`):
+
+# %%
+display_figure(viz.plot_token_sequence(images[0], P), "01_token_sequence.png")
+
+# %% [markdown]
 #
 # ## 1.3 unpatchify: the way back
 #
@@ -158,6 +166,9 @@ print("max |conv - linear| =", float(np.abs(conv.reshape(-1, gh * gw, D) - token
 # one extra token, the CLS token.
 #
 # ## Exercises
+#
+# Worked solutions, each checked by its own code: `solutions/01_solutions.py`
+# (a teacher can leave that folder out of what students get).
 #
 # 1. Patchify a 28x28x1 image with P = 7. What are N and the patch length? Why
 #    does P = 5 fail, and what does the error message say?

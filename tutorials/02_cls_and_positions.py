@@ -23,13 +23,15 @@
 # the batch, checked numerically), and shows *why* positions matter: without
 # them, shuffling the patches of an image does not change the model's output at all.
 #
-# Run: `python tutorials/02_cls_and_positions.py`; `TINYVIT_QUICK=1` for a fast
-# run; figures go to `tutorials/figures/` or `$TINYVIT_FIGURES`.
+# Open it as a notebook or run it as a script; it needs tinyvit installed and runs
+# from any folder. Figures show inline and are saved to `figures/` under the
+# current folder (or `$TINYVIT_FIGURES`); `TINYVIT_QUICK=1` is the fast mode the
+# tests use.
 
 # %%
 import numpy as np
 
-from _setup import FIGURES, show   # see tutorials/_setup.py
+from tinyvit.tutorial import display_figure, show
 from tinyvit import ViT, ViTConfig, viz
 from tinyvit.datasets import make_shapes
 from tinyvit.gradcheck import numerical_vjp, rel_error
@@ -129,9 +131,10 @@ print(f"max |logits(image) - logits(shuffled)| / max |logits|, with position emb
 print(f"max |logits(image) - logits(shuffled)| / max |logits|, without position embeddings: {without_pos:.3e}")
 
 # %% [markdown]
-# Without positions the relative difference is at the level of float64
-# rounding (about 1e-15); with them the logits change by a sizeable fraction
-# (try it without the `*= 10.0` to see how little an almost-uniform attention cares). Without positions the model literally cannot see the arrangement of the patches, only
+# Without positions the relative difference printed above is at the level of
+# float64 rounding; with them the logits change by a sizeable fraction (try it
+# without the `*= 10.0` to see how little an almost-uniform attention cares).
+# Without positions the model literally cannot see the arrangement of the patches, only
 # which patches there are. For a star vs a cross that may be enough from local
 # texture alone, but a shape *is* an arrangement; the position embeddings are
 # what lets the model use it.
@@ -155,19 +158,25 @@ learned = ViT(ViTConfig()).params["pos_embed"]      # default model: (1, 65, 64)
 show("fresh learned pos_embed", learned)
 sim = viz.pos_embed_similarity(table, (8, 8))
 show("similarity (gh, gw, gh, gw)", sim)
-viz.plot_pos_embed_similarity(table, (8, 8), title="fixed sin-cos position embeddings: cosine similarity",
-                              save=FIGURES / "02_pos_sincos.png")
-viz.plot_pos_embed_similarity(learned, (8, 8), title="learned position embeddings at initialisation (random)",
-                              save=FIGURES / "02_pos_random.png")
 
 pos = rng.standard_normal((1, tokens.shape[1], D)) * 0.02   # a (1, T, D) table for 2.1's tokens
 out, _ = pos_forward(tokens, pos)                    # (B, T, D) + (1, T, D): broadcast over the batch
 show("pos", pos)
 show("tokens + pos", out)
-print("saved", FIGURES / "02_pos_sincos.png", "and", FIGURES / "02_pos_random.png")
+
+# %%
+display_figure(viz.plot_pos_embed_similarity(
+    table, (8, 8), title="fixed sin-cos position embeddings: cosine similarity"), "02_pos_sincos.png")
+
+# %%
+display_figure(viz.plot_pos_embed_similarity(
+    learned, (8, 8), title="learned position embeddings at initialisation (random)"), "02_pos_random.png")
 
 # %% [markdown]
 # ## Exercises
+#
+# Worked solutions, each checked by its own code: `solutions/02_solutions.py`
+# (a teacher can leave that folder out of what students get).
 #
 # 1. `pos_backward` returns `dpos = dout.sum(axis=0, keepdims=True)`. Check it
 #    numerically the way 2.2 checks `dcls`.

@@ -26,13 +26,17 @@
 # loop, derives the softmax backward, checks the whole layer's gradients, and
 # draws the attention matrix.
 #
-# Run: `python tutorials/04_attention.py`; `TINYVIT_QUICK=1` for a fast run;
-# figures go to `tutorials/figures/` or `$TINYVIT_FIGURES`.
+# Open it as a notebook or run it as a script; it needs tinyvit installed and runs
+# from any folder. Figures show inline and are saved to `figures/` under the
+# current folder (or `$TINYVIT_FIGURES`); `TINYVIT_QUICK=1` is the fast mode the
+# tests use.
 
 # %%
+import inspect
+
 import numpy as np
 
-from _setup import FIGURES, show   # see tutorials/_setup.py
+from tinyvit.tutorial import display_figure, show
 from tinyvit import ViT, ViTConfig, viz
 from tinyvit.datasets import make_shapes
 from tinyvit.gradcheck import check_layer, format_errors, numerical_vjp, rel_error
@@ -141,7 +145,11 @@ print(f"softmax backward, relative error vs numerical: {rel_error(softmax_backwa
 # `attention_backward` walks 4.2 in reverse: proj, `o = A v` (gives dA and dv),
 # the softmax (dS), `S = q k^T * scale` (dq, dk), then stacks dq, dk, dv back
 # into the fused (B, T, 3D) layout and goes through the qkv linear layer. The
-# check perturbs every entry of every input and compares.
+# check perturbs every entry of every input and compares. Here is the library's
+# code, printed from the installed package:
+
+# %%
+print(inspect.getsource(attention_backward))
 
 # %%
 errors = check_layer(attention_forward, attention_backward,
@@ -168,6 +176,7 @@ show("attention, block 0", attn[0])
 print(f"untrained: CLS row ranges {attn[0][0, :, 0].min():.4f} .. {attn[0][0, :, 0].max():.4f}, "
       f"uniform would be 1/T = {1 / cfg.num_tokens:.4f}")
 
+# %%
 from matplotlib.figure import Figure
 
 fig = Figure(figsize=(2.6 * cfg.heads + 0.8, 2.9), layout="constrained")
@@ -181,12 +190,23 @@ for j, ax in enumerate(axes):
     ax.axhline(0.5, color="red", lw=1)                # the CLS row is above this line
 fig.suptitle("block 0 attention matrices A (T x T), untrained model; row 0 = CLS", fontsize=10)
 fig.colorbar(im, ax=list(axes), fraction=0.02)
-fig.savefig(FIGURES / "04_attention_matrix.png", dpi=100)
-viz.plot_cls_attention(data.images[0], attn[0], cfg.grid, block=0, save=FIGURES / "04_cls_attention_untrained.png")
-print("saved", FIGURES / "04_attention_matrix.png", "and", FIGURES / "04_cls_attention_untrained.png")
+display_figure(fig, "04_attention_matrix.png")
+
+# %% [markdown]
+# The CLS row of block 0 laid over the image, one panel per head. The cyan mark
+# on the colour bar is 1/T, the weight of a perfectly uniform row (the row also
+# gives a weight to the CLS token itself, which the map leaves out).
+
+# %%
+display_figure(viz.plot_cls_attention(data.images[0], attn[0], cfg.grid, block=0,
+                                      title="untrained model, block 0: CLS attention per head"),
+               "04_cls_attention_untrained.png")
 
 # %% [markdown]
 # ## Exercises
+#
+# Worked solutions, each checked by its own code: `solutions/04_solutions.py`
+# (a teacher can leave that folder out of what students get).
 #
 # 1. Replace `/ np.sqrt(d)` by nothing and give `x` a 10x larger scale. What
 #    happens to the rows of A, and to the softmax gradient? (This is why the

@@ -23,13 +23,17 @@
 # check, the MLP, and the block, including what the residuals do to the
 # backward pass and what a "dropped residual" bug looks like to a gradient check.
 #
-# Run: `python tutorials/05_mlp_and_block.py`; `TINYVIT_QUICK=1` for a fast run;
-# figures go to `tutorials/figures/` or `$TINYVIT_FIGURES`.
+# Open it as a notebook or run it as a script; it needs tinyvit installed and runs
+# from any folder. Figures show inline and are saved to `figures/` under the
+# current folder (or `$TINYVIT_FIGURES`); `TINYVIT_QUICK=1` is the fast mode the
+# tests use.
 
 # %%
+import inspect
+
 import numpy as np
 
-from _setup import FIGURES, show   # see tutorials/_setup.py
+from tinyvit.tutorial import display_figure, show
 from tinyvit.gradcheck import check_layer, format_errors, numerical_vjp, rel_error
 from tinyvit.layers import (BLOCK_PARAMS, attention_backward, attention_forward, block_backward,
                             block_forward, erf, gelu_backward, gelu_forward, layernorm_backward,
@@ -68,6 +72,7 @@ for kind in ("exact", "tanh"):
     errs = check_layer(gelu_forward, gelu_backward, {"x": rng.standard_normal((4, 6)) * 2}, kwargs={"kind": kind})
     print(f"gelu {kind} gradient check:", format_errors(errs, 1e-7).strip())
 
+# %%
 from matplotlib.figure import Figure
 
 fig = Figure(figsize=(9, 3), layout="constrained")
@@ -88,11 +93,10 @@ for ax in (a1, a2, a3):
     ax.tick_params(labelsize=7)
 a1.legend(fontsize=7)
 a2.legend(fontsize=7)
-fig.savefig(FIGURES / "05_gelu.png", dpi=100)
-print("saved", FIGURES / "05_gelu.png")
+display_figure(fig, "05_gelu.png")
 
 # %% [markdown]
-# The two GELUs differ by less than 1e-3 anywhere: small, but enough that a
+# The two GELUs differ by at most the amount printed above: small, but enough that a
 # model trained with one and run with the other does not match a reference
 # number for number. tinyvit's `ViTConfig(gelu=...)` picks one.
 #
@@ -124,8 +128,8 @@ print(format_errors(errs, 1e-7))
 # %% [markdown]
 # ## 5.3 The block and its residuals
 #
-# The block is written in `tinyvit/layers/block.py` in a dozen lines. Note the
-# **pre-norm** arrangement: the layer norm is inside the branch, the residual
+# Here is `block_forward` as the installed package has it (`tinyvit/layers/block.py`).
+# Note the **pre-norm** arrangement: the layer norm is inside the branch, the residual
 # path `x -> x + ...` is left untouched, so there is always a clean identity
 # route from the input to the output. In the backward, each `x = x + f(x)` sends
 # the incoming gradient two ways, through `f` and straight past it, and adds them:
@@ -133,6 +137,9 @@ print(format_errors(errs, 1e-7))
 #     dx = dout + f_backward(dout)
 #
 # Forget the `dout +` and the gradient has to squeeze through every branch.
+
+# %%
+print(inspect.getsource(block_forward))
 
 # %%
 heads = 2
@@ -200,6 +207,9 @@ print(f"dx relative error, dropped residual: {rel_error(buggy_block_backward(dou
 
 # %% [markdown]
 # ## Exercises
+#
+# Worked solutions, each checked by its own code: `solutions/05_solutions.py`
+# (a teacher can leave that folder out of what students get).
 #
 # 1. Write the tanh GELU's derivative by hand and compare it with
 #    `gelu_backward(ones, c_tanh)`.

@@ -21,87 +21,74 @@
 #    that lands on patches overlapping the object, against the share a uniform
 #    map would get;
 # 4. the same model trained with `pool="mean"` (the head reads the mean of the
-#    patch tokens and the CLS token is not used), and what changes;
+#    patch tokens, not the CLS token), and what changes, including what happens
+#    to a CLS token the head never reads;
 # 5. what training did to the position embeddings.
 #
-# Run: `python tutorials/08_what_cls_looks_at.py`. Full mode trains two models
-# exactly as `tinyvit train` does by default (its "tiny" model on 32x32 images:
-# 8x8 patches, so a 4x4 grid, D = 64, 3 blocks of 4 heads; AdamW lr 3e-3,
-# random flips, 8 epochs of the same 20,000 shapes) and scores them on the same
-# 2,000 held-out images: a few minutes on a laptop CPU. (A 2x2 grid, 16x16
-# images, is too coarse to see much; see the table at the end.)
-# `TINYVIT_QUICK=1`: tiny models on a few hundred 16x16 images, seconds (the
-# maps are then mostly noise).
-# To use models trained for longer, point `TINYVIT_CKPT_CLS` and
-# `TINYVIT_CKPT_MEAN` at their checkpoints (e.g. `runs/<name>/checkpoint.npz`
-# from `tinyvit train`). Figures go to `tutorials/figures/` or `$TINYVIT_FIGURES`.
-#
-# The numbers measured on fully trained models are in the table at the end of
-# section 8.4 and in the README.
+# Open it as a notebook or run it as a script; it needs tinyvit installed and
+# runs from any folder. Full mode runs `tinyvit train --pool cls` and `tinyvit
+# train --pool mean` with every other setting at its default (the "tiny" model
+# on 32x32 images: 8x8 patches, so a 4x4 grid, D = 64, 3 blocks of 4 heads;
+# AdamW lr 3e-3, random flips, 8 epochs of 20,000 shapes) and scores them on the
+# 2,000 images those runs hold out; each training cell prints how long it took.
+# The runs are kept and reused the next time (delete `figures/runs/` to train
+# again). `TINYVIT_QUICK=1`, the fast mode the tests use: tiny models on a few
+# hundred 16x16 images (the maps are then mostly noise). To use models trained
+# elsewhere, point `TINYVIT_CKPT_CLS` and `TINYVIT_CKPT_MEAN` at their
+# checkpoints (e.g. `runs/<name>/checkpoint.npz` from `tinyvit train`). Figures
+# show inline and are saved to `figures/` under the current folder (or
+# `$TINYVIT_FIGURES`).
 
 # %%
 import os
 
 import numpy as np
 
-from _setup import FIGURES, QUICK, show   # see tutorials/_setup.py
+from tinyvit.tutorial import QUICK, display_figure, run_datasets, show, trained_run
 from tinyvit import ViT, ViTConfig, viz
 from tinyvit.checkpoint import load_checkpoint
 from tinyvit.datasets import load_dataset
-from tinyvit.train import TrainConfig, evaluate, normalize_images, train
+from tinyvit.train import evaluate, normalize_images
 
 # %% [markdown]
 # ## 8.1 Two models: pool="cls" and pool="mean"
 #
-# Identical except for the pooling. Both see the same data in the same order
-# from the same initialisation.
+# Identical except for the pooling: `tinyvit train` gives both the same data in
+# the same order and the same initialisation (its seed). Each runs in a process
+# of its own, with the thread and memory settings of `tinyvit train` (see
+# tutorial 7, 7.4).
 
 # %%
-if QUICK:
-    SIZE, N_TRAIN, N_TEST, EPOCHS = 16, 256, 64, 2
-    arch = dict(image_size=16, patch_size=4, dim=32, depth=2, heads=2, mlp_dim=64)
-else:
-    SIZE, N_TRAIN, N_TEST, EPOCHS = 32, 20000, 2000, 8            # as `tinyvit train`
-    arch = dict(image_size=32, patch_size=8, dim=64, depth=3, heads=4, mlp_dim=128)
+# Quick mode: tiny models on 256 16x16 images. Full mode: `tinyvit train`'s defaults, nothing changed.
+OPTIONS = dict(image_size=16, patch_size=4, dim=32, depth=2, heads=2, mlp_dim=64, n_train=256, epochs=2,
+               batch_size=32) if QUICK else {}
 
-train_ds, test_ds = load_dataset("shapes", image_size=SIZE, n_train=N_TRAIN, n_test=N_TEST)
-print(train_ds.summary())
-print(test_ds.summary())
+
+def get_checkpoint(pool):
+    """The checkpoint in $TINYVIT_CKPT_<POOL> if set, else a `tinyvit train --pool <pool>` run."""
+    path = os.environ.get(f"TINYVIT_CKPT_{pool.upper()}")
+    if not path:
+        path = trained_run(f"08_{pool}_{'quick' if QUICK else 'full'}", pool=pool, **OPTIONS)
+    ck = load_checkpoint(path)
+    if ck.model_config.pool != pool:
+        raise ValueError(f"{path}: expected a pool={pool!r} model, got pool={ck.model_config.pool!r}")
+    print(f"pool={pool}: {path} (step {ck.step})")
+    return ck
+
+
+ck_cls = get_checkpoint("cls")
+ck_mean = get_checkpoint("mean")
+
+# %%
+model_cls, norm_cls = ck_cls.model(), (ck_cls.train_config or {}).get("normalize", "image")
+model_mean, norm_mean = ck_mean.model(), (ck_mean.train_config or {}).get("normalize", "image")
+if ck_cls.meta.get("dataset", {}).get("name") == "shapes":
+    _, test_ds = run_datasets(ck_cls)               # the images the run held out
+else:                                               # other checkpoints: fresh shapes of their size
+    _, test_ds = load_dataset("shapes", image_size=model_cls.config.image_hw[0], n_train=1, n_test=2000, seed=1)
+print("test set:", test_ds.summary())
 show("test images", test_ds.images)
 show("test masks", test_ds.masks)
-
-
-def get_model(pool):
-    """Load $TINYVIT_CKPT_<POOL> if set, else train a model here. Returns (model, normalize)."""
-    path = os.environ.get(f"TINYVIT_CKPT_{pool.upper()}")
-    if path:
-        ck = load_checkpoint(path)
-        if ck.model_config.pool != pool:
-            raise SystemExit(f"{path}: expected a pool={pool!r} model, got pool={ck.model_config.pool!r}")
-        print(f"pool={pool}: loaded {path} (step {ck.step})")
-        return ck.model(), ck.meta.get("normalize", "image")
-    model = ViT(ViTConfig(**arch, num_classes=train_ds.num_classes, pool=pool))
-    cfg = TrainConfig(epochs=EPOCHS, batch_size=64 if not QUICK else 32, lr=3e-3, augment_flip=True,
-                      workers=2, log_every=10 ** 6)       # workers=2 as `tinyvit train`
-    print(f"pool={pool}: training {model.num_params():,} parameters for {EPOCHS} epochs on {N_TRAIN} images")
-    history = train(model, train_ds, None, cfg)
-    print(f"  last epoch: train loss {history['epochs'][-1]['train_loss']:.3f}, "
-          f"train acc {history['epochs'][-1]['train_acc']:.3f}")
-    return model, cfg.normalize
-
-
-model_cls, norm_cls = get_model("cls")
-model_mean, norm_mean = get_model("mean")
-spec = load_checkpoint(os.environ["TINYVIT_CKPT_CLS"]).meta.get("dataset", {}) \
-    if os.environ.get("TINYVIT_CKPT_CLS") else {}
-if spec.get("name") == "shapes":
-    # checkpoints from `tinyvit train`: score them on the images their run held out
-    _, test_ds = load_dataset("shapes", image_size=spec["image_size"], n_train=spec["n_train"],
-                              n_test=spec["n_val"], seed=spec.get("seed", 0))
-elif model_cls.config.image_hw != test_ds.image_shape[:2]:
-    # other checkpoints: fresh shapes of their image size
-    _, test_ds = load_dataset("shapes", image_size=model_cls.config.image_hw[0], n_train=1, n_test=N_TEST, seed=1)
-print("test set:", test_ds.summary())
 for name, m, nz in [("cls", model_cls, norm_cls), ("mean", model_mean, norm_mean)]:
     print(f"pool={name}: test accuracy {evaluate(m, test_ds, normalize=nz)['accuracy']:.3f}")
 cfg = model_cls.config
@@ -115,7 +102,8 @@ print("grid", grid, "patch size", P, "tokens", cfg.num_tokens)
 # the CLS query; its columns 1..N, reshaped to the grid, are a map over the
 # patches (`viz.cls_attention`). The overlays are drawn with `imshow(extent=...)`
 # so each cell lies exactly on its patch. The cyan mark on the colour bar is
-# 1/N, what a uniform map would give.
+# 1/T: a raw CLS row spreads over all T tokens (the CLS token itself included),
+# so a uniform row gives each patch 1/T.
 
 # %%
 n_show = 3
@@ -127,16 +115,26 @@ for i, a in enumerate(attn):
     show(f"attention block {i}", a)
 maps = viz.cls_attention(attn, grid)                # (L, B, h, gh, gw)
 show("CLS maps (L, B, h, gh, gw)", maps)
+pred = model_cls(x).argmax(axis=1)                  # (3,) predicted classes
 
+
+def about(b):
+    """'a star, predicted star': what image b shows and what the pool=cls model says."""
+    return f"a {test_ds.class_names[test_ds.labels[b]]}, predicted {test_ds.class_names[pred[b]]}"
+
+
+# %%
 last = cfg.depth - 1
-viz.plot_cls_attention(images[0], attn[last], grid, index=0, block=last,
-                       title=f"pool=cls model, last block ({last}): CLS attention per head "
-                             f"(a {test_ds.class_names[test_ds.labels[0]]})",
-                       save=FIGURES / "08_cls_heads_last_block.png")
-viz.plot_attention_grid(images[0], attn, grid, index=0,
-                        title="pool=cls model: CLS attention, blocks (rows) x heads (columns)",
-                        save=FIGURES / "08_cls_attention_grid.png")
-print("saved", FIGURES / "08_cls_heads_last_block.png", "and", FIGURES / "08_cls_attention_grid.png")
+display_figure(viz.plot_cls_attention(images[0], attn[last], grid, index=0, block=last,
+                                      title=f"pool=cls model, last block ({last}): CLS attention per head "
+                                            f"({about(0)})"),
+               "08_cls_heads_last_block.png")
+
+# %%
+display_figure(viz.plot_attention_grid(images[0], attn, grid, index=0,
+                                       title=f"pool=cls model: CLS attention,\nblocks (rows) x heads "
+                                             f"(columns)\n{about(0)}"),
+               "08_cls_attention_grid.png")
 
 # %% [markdown]
 # Single heads of single blocks are noisy pictures: some heads look at the
@@ -146,8 +144,9 @@ print("saved", FIGURES / "08_cls_heads_last_block.png", "and", FIGURES / "08_cls
 #
 # ## 8.3 Attention rollout
 #
-# Every block mixes the tokens: token i's output is `sum_j A[i, j] x_j` plus
-# the residual `x_i`. Rollout models a block as `A' = 0.5 A + 0.5 I` (heads
+# Every block mixes the tokens: token i's attention output is
+# `sum_j A[i, j] v_j`, a weighted sum of the tokens' *values* `v_j` (then the
+# output projection), added to the residual `x_i`. Rollout models a block as `A' = 0.5 A + 0.5 I` (heads
 # averaged; rows renormalised) and multiplies through the blocks,
 # `R = A'_L ... A'_1`. Row 0 of R says how much of each input patch has reached
 # the CLS token by the end.
@@ -156,11 +155,9 @@ print("saved", FIGURES / "08_cls_heads_last_block.png", "and", FIGURES / "08_cls
 rollout = viz.attention_rollout(attn, grid)          # (B, gh, gw)
 show("rollout (B, gh, gw)", rollout)
 for b in range(n_show):
-    viz.plot_rollout(images[b], rollout[b], mask=test_ds.masks[b],
-                     title=f"pool=cls: rollout over a {test_ds.class_names[test_ds.labels[b]]} "
-                           f"(cyan: object outline)",
-                     save=FIGURES / f"08_rollout_cls_{b}.png")
-print("saved", [f"08_rollout_cls_{b}.png" for b in range(n_show)])
+    display_figure(viz.plot_rollout(images[b], rollout[b], mask=test_ds.masks[b],
+                                    title=f"pool=cls: rollout over {about(b)} (cyan: object outline)"),
+                   f"08_rollout_cls_{b}.png")
 
 # %% [markdown]
 # ## 8.4 The localisation score
@@ -169,12 +166,14 @@ print("saved", [f"08_rollout_cls_{b}.png" for b in range(n_show)])
 # `share` = rollout mass on patches that overlap the object mask (normalised
 # over the patches), `uniform` = the fraction of patches that overlap the
 # object (what a flat map would get). Their ratio says how many times more
-# object-focused the map is than chance (1 = no better).
+# object-focused the map is than chance (1 = no better). The last two columns
+# count only patches that are more than half object
+# (`localisation_score(..., min_fraction=0.5)`), a stricter test on coarse grids.
 #
 # For comparison: an untrained model, and the `pool="mean"` model read two ways:
-# its CLS row (the CLS token is still in the sequence, but nothing trains it:
-# the head never reads it) and the mean of the patch rows
-# (`query="patches"`), which is what the mean-pooling head reads.
+# its CLS row (the CLS token is still in the sequence, but the head never reads
+# it) and the mean of the patch rows (`query="patches"`), which is what the
+# mean-pooling head reads.
 
 # %%
 def rollout_maps(model, normalize, query="cls", batch=250):
@@ -191,108 +190,140 @@ rows = [("pool=cls, CLS rollout", model_cls, norm_cls, "cls"),
         ("pool=mean, patch-mean rollout", model_mean, norm_mean, "patches"),
         ("pool=cls, patch-mean rollout", model_cls, norm_cls, "patches"),
         ("untrained, CLS rollout", untrained, norm_cls, "cls")]
-scores = {}
-print(f"{'':<32} {'share':>7} {'uniform':>8} {'ratio':>6}   ({len(test_ds)} test images)")
+scores, strict = {}, {}
+print(f"{len(test_ds)} test images, {grid[0]}x{grid[1]} grid")
+print(f"{'':<30} {'share':>6} {'uniform':>8} {'ratio':>6}   {'>50% object: share':>19} {'uniform':>8} {'ratio':>6}")
 for label, m, nz, query in rows:
     r = rollout_maps(m, nz, query)
-    s = viz.localisation_score(r, test_ds.masks, P)
-    scores[label] = s
-    print(f"{label:<32} {s['share']:7.3f} {s['uniform']:8.3f} {s['ratio']:6.2f}")
+    s = scores[label] = viz.localisation_score(r, test_ds.masks, P)
+    t = strict[label] = viz.localisation_score(r, test_ds.masks, P, min_fraction=0.5)
+    print(f"{label:<30} {s['share']:6.3f} {s['uniform']:8.3f} {s['ratio']:6.2f}   "
+          f"{t['share']:19.3f} {t['uniform']:8.3f} {t['ratio']:6.2f}")
 
+# %%
 xm = normalize_images(images, norm_mean)
-roll_mean = viz.attention_rollout(model_mean.attention_maps(xm), grid)
-viz.plot_rollout(images[0], roll_mean[0], mask=test_ds.masks[0],
-                 title="pool=mean model: CLS rollout (the head never reads the CLS token)",
-                 save=FIGURES / "08_rollout_mean_0.png")
-viz.plot_rollout(images[0], viz.attention_rollout(model_mean.attention_maps(xm), grid, query="patches")[0],
-                 mask=test_ds.masks[0], title="pool=mean model: rollout averaged over the patch tokens",
-                 save=FIGURES / "08_rollout_mean_patches_0.png")
-print("saved 08_rollout_mean_0.png and 08_rollout_mean_patches_0.png")
+display_figure(viz.plot_rollout(images[0], viz.attention_rollout(model_mean.attention_maps(xm), grid)[0],
+                                mask=test_ds.masks[0],
+                                title="pool=mean model: CLS rollout (the head never reads the CLS token)"),
+               "08_rollout_mean_0.png")
+
+# %%
+display_figure(viz.plot_rollout(images[0],
+                                viz.attention_rollout(model_mean.attention_maps(xm), grid, query="patches")[0],
+                                mask=test_ds.masks[0],
+                                title="pool=mean model: rollout averaged over the patch tokens"),
+               "08_rollout_mean_patches_0.png")
 
 # %% [markdown]
-# ### What fully trained models give
+# ### How to read the table
 #
-# Measured on the 2,000 images each `tinyvit train` run holds out. "Object
-# patches" are those that overlap the mask; the last two columns count only
-# patches that are more than half object (`localisation_score(...,
-# min_fraction=0.5)`), a stricter test on coarse grids. An untrained model
-# scores 1.00 everywhere.
+# The untrained model scores a ratio of 1: its attention is nearly uniform.
+# The comparisons that matter are printed below from the table itself, so they
+# hold for whichever models this notebook ran (full mode: the two `tinyvit
+# train` runs; quick mode's barely trained models can say anything).
+
+# %%
+c, mc, mp = scores["pool=cls, CLS rollout"], scores["pool=mean, CLS rollout"], scores["pool=mean, patch-mean rollout"]
+print(f"pool=cls CLS rollout: {c['ratio']:.2f} x chance; pool=mean CLS rollout: {mc['ratio']:.2f} x; "
+      f"pool=mean patch-mean rollout: {mp['ratio']:.2f} x")
+print(f"the never-read CLS token of the pool=mean model still lands above chance: {mc['ratio'] > 1}")
+print(f"more than half object patches only: pool=cls {strict['pool=cls, CLS rollout']['ratio']:.2f} x, "
+      f"pool=mean {strict['pool=mean, CLS rollout']['ratio']:.2f} x")
+
+# %% [markdown]
+# Why the grid matters: on a coarse grid almost every patch touches the object,
+# so even a perfect map cannot score much above 1. The cell below takes the
+# same kind of images at 16x16 pixels with 8x8 patches (a 2x2 grid, `tinyvit
+# train`'s former default) and prints the largest ratio any map could reach
+# there, `1 / uniform`, next to the same bound for the grid used above.
+
+# %%
+_, small = load_dataset("shapes", image_size=16, n_train=1, n_test=2000, seed=1)
+flat = np.ones((len(small), 2, 2))                  # any map: only its 'uniform' column is used
+u_small = viz.localisation_score(flat, small.masks, 8)["uniform"]
+u_here = scores["untrained, CLS rollout"]["uniform"]
+print(f"2x2 grid (16x16 images, 8x8 patches): {u_small:.3f} of the patches touch the object, "
+      f"so the ratio is at most {1 / u_small:.2f}")
+print(f"{grid[0]}x{grid[1]} grid used above: {u_here:.3f} touch the object, the ratio is at most {1 / u_here:.2f}")
+
+# %% [markdown]
+# The CLS token shares its query and key weights with the patch tokens, which
+# are trained to find the object, so even in the `pool="mean"` model its rollout
+# is pulled towards the object. What `pool="cls"` changes is *where* the summary
+# is read: from one token whose attention you can plot, instead of from an
+# average over all patches.
 #
-# | run | grid | test acc. | share on object patches (uniform) | ratio | share on >50 % object patches (uniform) | ratio |
-# | --- | --- | --- | --- | --- | --- | --- |
-# | `tinyvit train` (32x32 images, 8x8 patches), `pool="cls"`, CLS rollout | 4x4 | 0.992 | 0.716 (0.587) | 1.22 | 0.278 (0.214) | 1.30 |
-# | same with `--pool mean`, CLS rollout | 4x4 | 0.992 | 0.678 (0.587) | 1.15 | 0.319 (0.214) | 1.49 |
-# | same `pool="mean"` model, patch-mean rollout | 4x4 | | 0.679 (0.587) | 1.16 | 0.312 (0.214) | 1.46 |
-# | `tinyvit train --image-size 16 --epochs 10` (16x16 images, the former default), `pool="cls"`, CLS rollout | 2x2 | 0.987 | 0.960 (0.943) | 1.02 | 0.095 (0.084) | 1.13 |
+# Rollout is also only a heuristic (it treats all heads alike and ignores the
+# MLPs and the sizes of the values). A high score says the attention *flows*
+# from the object to the CLS token, not that the decision *depends* on those
+# patches; exercise 3 tests that.
 #
-# How to read it:
+# ### Is the CLS token of a mean-pooling model trained at all?
 #
-# * On a 2x2 grid (16x16 images and 8x8 patches, `tinyvit train`'s former
-#   default) 94 % of the patches touch the object, so even a perfect map could
-#   score at most 1/0.943 = 1.06. The score needs a finer grid to say anything,
-#   which is why `tinyvit train` now uses 32x32 images: on their 4x4 grid the CLS
-#   rollout puts 72 % of its mass on the 59 % of patches that touch the object,
-#   1.22 times chance.
-# * **What changes with `pool="mean"`: accuracy does not, and the localisation
-#   not much.** The mean model's CLS token is never read by the head, yet its
-#   rollout still lands on the object well above chance: 1.15 against 1.22
-#   counting every patch the object touches, and on mostly object patches it is
-#   even ahead (1.49 against 1.30). Which of the two leads changes with the
-#   measure and the run (runs of the same settings that differed only in float
-#   rounding gave 1.15 against 1.24 and 1.35 against 1.29; an earlier 10-epoch
-#   run 1.21 for mean against 1.27 for cls, and 1.38 against 1.37). The CLS token shares its query and key
-#   weights with the patch tokens, which are trained to find the object, so it
-#   inherits object-seeking attention even when nothing trains it. What
-#   `pool="cls"` changes is *where* the summary is read: from one token whose
-#   attention you can plot, instead of from an average over all patches (whose
-#   patch-mean rollout, 1.16, is flatter than the `pool="cls"` model's CLS
-#   rollout).
-#
-# Full mode trains the two models of the first rows (same data, seeds and
-# settings as `tinyvit train`), so it prints these numbers (up to rounding
-# differences between BLAS builds); quick mode's differ. Rollout is also only a
-# heuristic (it treats all heads alike and ignores the MLPs and the sizes of the
-# values). A high score says the attention *flows* from the object to the CLS
-# token, not that the decision *depends* on those patches; exercise 3 tests that.
-#
+# Its head never reads it, but the CLS token is still in the sequence: in every
+# block the patch tokens attend to it, so its value is mixed into theirs, and
+# the gradient of the loss flows back into it through those attention weights.
+# So it *is* trained, only not as a summary: it is free to become whatever helps
+# the patch tokens, much like the extra "register" tokens of Darcet et al.
+# (2023, "Vision Transformers Need Registers"). The cell measures it: the
+# gradient its CLS token gets at initialisation, and how far training moved it
+# in both models (it starts near zero, std 1e-6).
+
+# %%
+fresh_mean = ViT(ViTConfig(**{**cfg.to_dict(), "pool": "mean"}))        # the same initialisation
+xb = normalize_images(test_ds.images[:64], norm_mean)
+_, g, _ = fresh_mean.loss_and_grads(xb, test_ds.labels[:64])
+gnorm = np.linalg.norm(g["cls_token"])
+print(f"pool=mean model at initialisation: |cls_token| {np.linalg.norm(fresh_mean.params['cls_token']):.2e}, "
+      f"|d loss / d cls_token| {gnorm:.2e} ({'not zero: it is trained' if gnorm > 0 else 'zero: never trained'})")
+print(f"after training: |cls_token| {np.linalg.norm(model_mean.params['cls_token']):.3f} in the pool=mean model, "
+      f"{np.linalg.norm(model_cls.params['cls_token']):.3f} in the pool=cls model")
+
+# %% [markdown]
 # ## 8.5 What training did to the position embeddings
 #
 # Tutorial 2 showed random embeddings at initialisation: each position similar
 # only to itself (cosine about 0 to every other). After training they are no
-# longer noise. On the 4x4 grid of the full run, one pattern stands out: a
-# position resembles its left-right *mirror image*, the position at the same
-# distance from the centre on the other side, more than its neighbours. The
-# random left-right flips in training make left and right interchangeable, and
-# for recognising a shape that can sit anywhere, how far a patch is from the
-# centre is more use than exactly where it is. (For the `pool="cls"` model of the
-# table, which full mode reproduces: mean cosine 0.39 to the left-right mirror,
-# 0.12 to the neighbours. Up-down, where there are no flips, it depends on the
-# run: 0.08 to the up-down mirror here, 0.44 in the `pool="mean"` model, 0.22 in
-# an earlier 10-epoch run.)
+# longer noise. The random left-right flips in training make left and right
+# interchangeable, so a position has reason to resemble its left-right *mirror
+# image* (the position at the same distance from the centre on the other side);
+# up-down there are no flips. The cell prints the mean cosine similarity of each
+# position to its left-right mirror, its up-down mirror and its four neighbours,
+# for both trained models.
 
 # %%
-viz.plot_pos_embed_similarity(model_cls.params["pos_embed"], grid,
-                              title="learned position embeddings after training (pool=cls model)",
-                              save=FIGURES / "08_pos_embed_trained.png")
-sim = viz.pos_embed_similarity(model_cls.params["pos_embed"], grid)
-show("similarity (gh, gw, gh, gw)", sim)
-gh, gw = grid
-lr_mirror, ud_mirror, neighbours = [], [], []
-for i in range(gh):
-    for j in range(gw):
-        if gw - 1 - j != j:
-            lr_mirror.append(sim[i, j, i, gw - 1 - j])
-        if gh - 1 - i != i:
-            ud_mirror.append(sim[i, j, gh - 1 - i, j])
-        for a, b in [(i - 1, j), (i + 1, j), (i, j - 1), (i, j + 1)]:
-            if 0 <= a < gh and 0 <= b < gw:
-                neighbours.append(sim[i, j, a, b])
-print(f"mean cosine similarity of a position to its left-right mirror {np.mean(lr_mirror):.3f}, "
-      f"up-down mirror {np.mean(ud_mirror):.3f}, 4 neighbours {np.mean(neighbours):.3f}")
-print("saved", FIGURES / "08_pos_embed_trained.png")
+display_figure(viz.plot_pos_embed_similarity(model_cls.params["pos_embed"], grid,
+                                             title="learned position embeddings after training (pool=cls model)"),
+               "08_pos_embed_trained.png")
+
+
+def mirror_similarity(pos_embed):
+    """Mean cosine similarity of a position to its left-right mirror, up-down mirror, 4 neighbours."""
+    sim = viz.pos_embed_similarity(pos_embed, grid)  # (gh, gw, gh, gw)
+    gh, gw = grid
+    lr_mirror, ud_mirror, neighbours = [], [], []
+    for i in range(gh):
+        for j in range(gw):
+            if gw - 1 - j != j:
+                lr_mirror.append(sim[i, j, i, gw - 1 - j])
+            if gh - 1 - i != i:
+                ud_mirror.append(sim[i, j, gh - 1 - i, j])
+            for a, b in [(i - 1, j), (i + 1, j), (i, j - 1), (i, j + 1)]:
+                if 0 <= a < gh and 0 <= b < gw:
+                    neighbours.append(sim[i, j, a, b])
+    return np.mean(lr_mirror), np.mean(ud_mirror), np.mean(neighbours)
+
+
+for name, m in [("pool=cls", model_cls), ("pool=mean", model_mean)]:
+    lr, ud, nb = mirror_similarity(m.params["pos_embed"])
+    print(f"{name:<9} mean cosine to the left-right mirror {lr:.3f}, up-down mirror {ud:.3f}, "
+          f"4 neighbours {nb:.3f}; left-right mirror closer than the neighbours: {lr > nb}")
 
 # %% [markdown]
 # ## Exercises
+#
+# Worked solutions, each checked by its own code: `solutions/08_solutions.py`
+# (a teacher can leave that folder out of what students get).
 #
 # 1. Compute the localisation score from the last block's raw CLS attention
 #    (heads averaged) instead of the rollout. Is it higher or lower, and why?
