@@ -119,3 +119,15 @@ def check_normalize(name: str, value, channels: int | None = None):
             raise ValueError(f"{name} std: expected numbers > 0, got {vals}")
         out.append(vals)
     return out
+
+
+def dataclass_from_dict(cls, d, name: str):
+    """cls(**d) for a config dataclass, with one clear error for a non-dict or unknown keys."""
+    import dataclasses
+    if not isinstance(d, dict):
+        raise TypeError(f"{name}: expected a dict, got {describe(d)}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(f"{name}: unexpected keys {unknown}; expected a subset of {sorted(known)}")
+    return cls(**d)

@@ -58,7 +58,7 @@ def cmd_demo(args) -> int:
 
 # =========================================================== train
 
-# Model presets: (image side, patch, dim, depth, heads, mlp_dim). image side None = the dataset's.
+# Model presets, the architecture of each --model choice (image size and channels come from the data).
 MODEL_PRESETS = {
     "tiny":  dict(patch_size=8, dim=64, depth=3, heads=4, mlp_dim=128),
     "small": dict(patch_size=4, dim=128, depth=6, heads=4, mlp_dim=256),
@@ -393,17 +393,11 @@ def _is_tinyvit(path: Path) -> bool:
 
 
 def _foreign_model(path: Path):
-    """(model, info) from tinyvit.interop.load_model for Google/timm files, else None."""
-    try:
-        interop = importlib.import_module("tinyvit.interop")
-    except ModuleNotFoundError:
-        return None
-    loader = getattr(interop, "load_model", None)
-    if loader is None:
-        return None
+    """(model, info) from tinyvit.interop.load_model for Google/timm files."""
     from ._files import NpzError
+    from .interop import load_model
     try:
-        return loader(path)
+        return load_model(path)
     except NpzError:                                   # not an .npz at all: says so, names the file
         raise
     except (TypeError, ValueError) as e:
@@ -492,11 +486,7 @@ def _model_for_images(checkpoint: str):
             return x, shown
         return model, names, prepare
 
-    loaded = _foreign_model(path)
-    if loaded is None:
-        raise CLIError(f"{path}: not a tinyvit checkpoint (and tinyvit.interop is not available "
-                       "to read Google/timm files)")
-    model, info = loaded
+    model, info = _foreign_model(path)
     for note in info.get("notes") or []:
         print(f"note: {note}")
     names = info.get("class_names") or [str(k) for k in range(model.config.num_classes)]
@@ -634,13 +624,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Commands that live in their own modules: each module has add_command(subparsers),
     # which adds its parser and sets func=... on it.
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"tinyvit.{name}")
-        except ModuleNotFoundError as err:
-            if err.name == f"tinyvit.{name}":
-                continue
-            raise
-        module.add_command(sub)
+        importlib.import_module(f"tinyvit.{name}").add_command(sub)
     return parser
 
 

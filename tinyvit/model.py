@@ -26,7 +26,7 @@ import numpy as np
 
 from . import fast_layers
 from . import layers as reference_layers
-from ._checks import check_array, check_choice, check_int, check_labels
+from ._checks import check_array, check_choice, check_int, check_labels, dataclass_from_dict
 from .layers import block_param_shapes
 
 POOLS = ("cls", "mean")
@@ -120,13 +120,7 @@ class ViTConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ViTConfig":
-        if not isinstance(d, dict):
-            raise TypeError(f"config: expected a dict, got {type(d).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"config: unexpected keys {unknown}; expected a subset of {sorted(known)}")
-        return cls(**d)
+        return dataclass_from_dict(cls, d, "config")
 
 
 PARAM_DOC = """\

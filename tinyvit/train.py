@@ -33,7 +33,6 @@ import csv
 import dataclasses
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -42,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from ._checks import (NonFiniteError, check_choice, check_float, check_int, check_normalize,
-                      describe)
+                      dataclass_from_dict, describe)
 from ._files import atomic_open, check_memory
 from .checkpoint import CheckpointError, config_mismatch, load_checkpoint, save_checkpoint
 from .datasets import Augment, BatchIterator, ImageDataset
@@ -146,13 +145,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        if not isinstance(d, dict):
-            raise TypeError(f"train_config: expected a dict, got {describe(d)}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"train_config: unexpected keys {unknown}; expected a subset of {sorted(known)}")
-        return cls(**d)
+        return dataclass_from_dict(cls, d, "train_config")
 
 
 # =========================================================== preprocessing and evaluation
