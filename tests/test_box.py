@@ -304,3 +304,19 @@ def test_box_commands(tmp_path, capsys, monkeypatch):
     assert (tmp_path / "figs" / "held-out-1-box.png").stat().st_size > 1000
     assert main(["box", "train", "--resume", "run", "--epochs", "2"]) == 2
     assert "--epochs" in capsys.readouterr().err
+
+
+def test_batch_split_over_threads_equals_the_whole_batch():
+    from concurrent.futures import ThreadPoolExecutor
+    from tinyvit.box import _split_loss_and_grads
+    model = BoxViT(tiny_config(), BoxConfig(task="class+box", box_pool="mean"))
+    rng = np.random.default_rng(3)
+    x, t, y = rng.standard_normal((7, 8, 8, 3)), random_boxes(rng, 7), rng.integers(0, 3, 7)
+    whole = model.loss_and_grads(x, t, y)
+    with ThreadPoolExecutor(2) as pool:
+        split = _split_loss_and_grads(model, pool, 3, x, t, y)   # parts of 2, 2 and 3 images
+    assert split[0] == pytest.approx(whole[0], rel=1e-12)
+    assert split[1]["iou"] == pytest.approx(whole[1]["iou"], rel=1e-12)
+    np.testing.assert_allclose(split[3], whole[3])
+    for k in whole[2]:
+        np.testing.assert_allclose(split[2][k], whole[2][k], rtol=1e-9, atol=1e-13)

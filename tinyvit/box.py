@@ -449,8 +449,10 @@ class BoxTrainConfig:
     seed: int = 0                   # batch order: epoch e's from a generator seeded (seed, e)
     max_steps: int | None = None    # stop early (resume continues); the schedule still spans all epochs
     log_every: int = 50
+    workers: int = 1                # threads the batch is split over (2: both cores; see parallel.py)
 
     def __post_init__(self):
+        check_int("workers", self.workers, minimum=1)
         check_int("epochs", self.epochs, minimum=1)
         check_int("batch_size", self.batch_size, minimum=1)
         self.lr = check_float("lr", self.lr, minimum=0.0, open_min=True)
@@ -472,6 +474,35 @@ class BoxTrainConfig:
         if not isinstance(d, dict) or set(d) - known:
             raise ValueError(f"train_config: expected a dict with keys from {sorted(known)}, got {d!r}")
         return cls(**d)
+
+
+def _split_loss_and_grads(runner: BoxViT, pool, workers: int, images, boxes, labels):
+    """runner.loss_and_grads on the whole batch, computed in ``workers`` parts on threads (as
+    tinyvit.parallel.BatchSplitter does for the classifier): every loss is a batch mean, so
+    the batch's loss and gradients are the size-weighted means of the parts'."""
+    B = len(images)
+    if pool is None or B < 2 * workers:
+        return runner.loss_and_grads(images, boxes, labels)
+    from .parallel import _bounds
+    bounds = _bounds(B, workers)
+    (a0, b0), *rest = bounds
+    futures = [pool.submit(runner.loss_and_grads, images[a:b], boxes[a:b], labels[a:b]) for a, b in rest]
+    try:
+        first = runner.loss_and_grads(images[a0:b0], boxes[a0:b0], labels[a0:b0])
+    finally:
+        for f in futures:
+            f.exception()                                # wait for the others, even on an error
+    results = [first] + [f.result() for f in futures]   # (loss, parts, grads, boxes)
+    w = [float(b - a) / B for a, b in bounds]
+    loss = sum(wi * r[0] for wi, r in zip(w, results))
+    parts = {k: sum(wi * r[1][k] for wi, r in zip(w, results)) for k in results[0][1]}
+    grads = {}
+    for name, g0 in results[0][2].items():
+        g = g0 * w[0]
+        for wi, r in zip(w[1:], results[1:]):
+            g += r[2][name] * wi
+        grads[name] = g
+    return loss, parts, grads, np.concatenate([r[3] for r in results])
 
 
 def evaluate_box(model: BoxViT, ds: BoxDataset, batch_size: int = 256) -> dict:
@@ -581,6 +612,8 @@ def train_box(model: BoxViT, train_ds: BoxDataset, val_ds: BoxDataset | None = N
             save_box_checkpoint(ckpt, model, optimizer=opt, train_config=cfg.to_dict(), meta=meta,
                                 history=history, epoch=epoch, batch=batch_done, step=step, seed=cfg.seed)
 
+    from concurrent.futures import ThreadPoolExecutor
+    pool = ThreadPoolExecutor(cfg.workers - 1) if cfg.workers > 1 else None
     t_start = time.perf_counter()
     wall0 = history["epochs"][-1]["wall_time"] if history["epochs"] else 0.0
     try:
@@ -594,7 +627,8 @@ def train_box(model: BoxViT, train_ds: BoxDataset, val_ds: BoxDataset | None = N
                 idx = order[batch_done * cfg.batch_size:(batch_done + 1) * cfg.batch_size]
                 x = normalize_images(train_ds.images[idx], "image").astype(dtype, copy=False)
                 lr = schedule(step)
-                loss, parts, grads, _ = runner.loss_and_grads(x, train_ds.boxes[idx], train_ds.labels[idx])
+                loss, parts, grads, _ = _split_loss_and_grads(runner, pool, cfg.workers, x,
+                                                              train_ds.boxes[idx], train_ds.labels[idx])
                 if not math.isfinite(loss):
                     raise FloatingPointError(f"training diverged at step {step}: loss {loss}")
                 if cfg.clip:
@@ -627,6 +661,9 @@ def train_box(model: BoxViT, train_ds: BoxDataset, val_ds: BoxDataset | None = N
     except KeyboardInterrupt:
         save()
         raise
+    finally:
+        if pool is not None:
+            pool.shutdown()
     return history
 
 

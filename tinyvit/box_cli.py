@@ -20,7 +20,7 @@ import numpy as np
 
 from .cli import CLIError, MODEL_PRESETS, _load_image, _nonneg_float, _nonneg_int, _positive_int
 
-DEFAULTS = {"shapes": dict(n_train=20000, n_val=2000, preset="tiny", epochs=8),
+DEFAULTS = {"shapes": dict(n_train=20000, n_val=2000, preset="tiny", epochs=5),
             "mnist": dict(n_train=20000, n_val=2000, preset="tiny", epochs=8)}
 
 
@@ -40,11 +40,26 @@ def _load(spec: dict):
                          download=spec["download"])
 
 
+def _restart_with_one_blas_thread() -> None:
+    """As `tinyvit train` does: BLAS reads its thread count when NumPy loads, so a command run
+    from the shell restarts itself with one BLAS thread per worker thread (and the malloc
+    settings of tinyvit._env) unless the user set the thread variables."""
+    import os
+    import sys
+    from ._env import THREAD_VARS, tuned_env
+    if sys.argv[1:3] != ["box", "train"] or any(v in os.environ for v in THREAD_VARS):
+        return
+    env = tuned_env(threads=1)
+    if env != dict(os.environ):
+        os.execve(sys.executable, [sys.executable, "-m", "tinyvit", *sys.argv[1:]], env)
+
+
 def cmd_box_train(args) -> int:
     from .box import BoxConfig, BoxTrainConfig, BoxViT, CHECKPOINT_NAME, train_box
     from .checkpoint import load_checkpoint
     from .model import ViTConfig
 
+    _restart_with_one_blas_thread()
     resume = None
     if args.resume is not None:
         resume = Path(args.resume)
@@ -52,7 +67,7 @@ def cmd_box_train(args) -> int:
             resume = resume / CHECKPOINT_NAME
         fixed = [k for k in ("task", "data", "box_pool", "epochs", "lr", "batch_size", "seed", "n_train",
                              "patch_size", "dim", "depth", "num_registers", "class_weight", "l1_weight",
-                             "giou_weight", "image_size") if getattr(args, k) is not None]
+                             "giou_weight", "image_size", "workers") if getattr(args, k) is not None]
         if fixed:
             raise CLIError(f"--resume continues a run with its stored settings; drop "
                            f"{', '.join('--' + k.replace('_', '-') for k in fixed)}")
@@ -86,8 +101,8 @@ def cmd_box_train(args) -> int:
         bcfg = BoxConfig(task=args.task or "box", box_pool=box_pool,
                          **{k: getattr(args, k) for k in ("class_weight", "l1_weight", "giou_weight")
                             if getattr(args, k) is not None})
-        tdict = {"epochs": d["epochs"], "seed": seed, "max_steps": args.max_steps}
-        for k in ("epochs", "lr", "batch_size"):
+        tdict = {"epochs": d["epochs"], "seed": seed, "max_steps": args.max_steps, "workers": 2}
+        for k in ("epochs", "lr", "batch_size", "workers"):
             if getattr(args, k) is not None:
                 tdict[k] = getattr(args, k)
         tcfg = BoxTrainConfig(**tdict)
@@ -195,10 +210,12 @@ def add_command(subparsers) -> None:
         t.add_argument("--" + k.replace("_", "-"), type=_nonneg_float, default=None,
                        help={"class_weight": "cross-entropy weight (default 1)",
                              "l1_weight": "L1 weight (default 5)", "giou_weight": "1 - GIoU weight (default 2)"}[k])
-    t.add_argument("--epochs", type=_positive_int, default=None, help="default 8")
+    t.add_argument("--epochs", type=_positive_int, default=None, help="default 5 (shapes), 8 (mnist)")
     t.add_argument("--batch-size", type=_positive_int, default=None, help="default 64")
     t.add_argument("--lr", type=_nonneg_float, default=None, help="peak learning rate (default 2e-3)")
     t.add_argument("--seed", type=_nonneg_int, default=None)
+    t.add_argument("--workers", type=_positive_int, default=None,
+                   help="threads each batch is split over, one BLAS thread each (default 2)")
     t.add_argument("--max-steps", type=_nonneg_int, default=None, help="stop after this many steps")
     t.add_argument("--out", default=None, help="run folder (default runs/box-<data>)")
     t.add_argument("--resume", default=None, metavar="CHECKPOINT")
