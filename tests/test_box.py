@@ -320,3 +320,12 @@ def test_batch_split_over_threads_equals_the_whole_batch():
     np.testing.assert_allclose(split[3], whole[3])
     for k in whole[2]:
         np.testing.assert_allclose(split[2][k], whole[2][k], rtol=1e-9, atol=1e-13)
+
+
+@pytest.mark.parametrize("pool", ["cls", "mean", "attn"])
+def test_float32_stays_float32(pool):
+    model = small_model(task="class+box", box_pool=pool)
+    x = np.random.default_rng(0).random((4, 16, 16, 3)).astype(np.float32)
+    loss, parts, grads, boxes = model.loss_and_grads(x, np.full((4, 4), 0.5), np.arange(4))
+    assert boxes.dtype == np.float32
+    assert {g.dtype for g in grads.values()} == {np.dtype(np.float32)}

@@ -154,7 +154,7 @@ def query_pool_forward(x: np.ndarray, query: np.ndarray):
     cache["attn"] is a (B, N): how much of each token the box head reads.
     """
     D = x.shape[-1]
-    scale = 1.0 / np.sqrt(D)
+    scale = 1.0 / float(np.sqrt(D))                     # a Python float: keeps float32 float32
     s = (x @ query) * scale                              # (B, N)
     s = s - s.max(axis=1, keepdims=True)                 # shift: same softmax, no overflow
     e = np.exp(s)
