@@ -207,8 +207,22 @@ def load_box_data(name: str = "shapes", *, data_dir="data", seed: int = 0, n_tra
 
 # =========================================================== the model
 
+class _DictConfig:
+    """to_dict / from_dict for the JSON in checkpoints (a dataclass mixin)."""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        known = {f.name for f in dataclasses.fields(cls)}
+        if not isinstance(d, dict) or set(d) - known:
+            raise ValueError(f"{cls.__name__}: expected a dict with keys from {sorted(known)}, got {d!r}")
+        return cls(**d)
+
+
 @dataclass
-class BoxConfig:
+class BoxConfig(_DictConfig):
     """What sits on the ViT's tokens besides its class head, and how the losses are weighed."""
 
     task: str = "box"              # "box": boxes only; "class+box": the class head trains too
@@ -225,15 +239,6 @@ class BoxConfig:
         if self.l1_weight == 0 and self.giou_weight == 0:
             raise ValueError("l1_weight, giou_weight: expected at least one above 0, got both 0")
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "BoxConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        if not isinstance(d, dict) or set(d) - known:
-            raise ValueError(f"box config: expected a dict with keys from {sorted(known)}, got {d!r}")
-        return cls(**d)
 
 
 def _has_map_pool(layers) -> bool:
@@ -438,7 +443,7 @@ class BoxViT:
 # =========================================================== training
 
 @dataclass
-class BoxTrainConfig:
+class BoxTrainConfig(_DictConfig):
     epochs: int = 10
     batch_size: int = 64
     lr: float = 2e-3
@@ -465,15 +470,6 @@ class BoxTrainConfig:
             check_int("max_steps", self.max_steps, minimum=0)
         check_int("log_every", self.log_every, minimum=1)
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "BoxTrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        if not isinstance(d, dict) or set(d) - known:
-            raise ValueError(f"train_config: expected a dict with keys from {sorted(known)}, got {d!r}")
-        return cls(**d)
 
 
 def _split_loss_and_grads(runner: BoxViT, pool, workers: int, images, boxes, labels):
