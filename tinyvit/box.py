@@ -303,6 +303,10 @@ class BoxViT:
             raise ValueError("box_pool: 'map' needs tinyvit.layers.attn_pool_forward (timm's "
                              "attention pooling, ViTConfig pool='attn'), which this tinyvit lacks; "
                              "'attn' is the one-query pool of tinyvit.layers.box")
+        if not getattr(vcfg, "class_token", True) and (bcfg.box_pool in ("cls", "reg")
+                                                        or bcfg.task == "class+box" and vcfg.pool == "cls"):
+            raise ValueError(f"box_pool: {bcfg.box_pool!r} (or a class head on 'cls') needs the CLS "
+                             f"token, got ViTConfig(class_token=False)")
         if bcfg.task == "class+box" and vcfg.pool not in ("cls", "mean"):
             raise ValueError(f"pool: the class head of task 'class+box' reads 'cls' or 'mean', "
                              f"got {vcfg.pool!r}")
@@ -338,8 +342,10 @@ class BoxViT:
         return other
 
     def _prefix(self) -> int:
-        """Tokens before the patch tokens: CLS and any registers."""
-        return 1 + getattr(self.config, "num_registers", 0)
+        """Tokens before the patch tokens: CLS and any registers (ViTConfig.num_prefix_tokens
+        where the config has it)."""
+        cfg = self.config
+        return getattr(cfg, "num_prefix_tokens", 1 + getattr(cfg, "num_registers", 0))
 
     # --- forward and backward ------------------------------------------------------------
     def _box_pool_forward(self, tokens):
