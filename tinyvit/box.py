@@ -160,7 +160,7 @@ def place_digits(digits: np.ndarray, labels: np.ndarray, n: int, canvas: int = 5
         img = d[pick[i]]
         h = max(1, int(round(img.shape[0] * scales[i])))
         w = max(1, int(round(img.shape[1] * scales[i])))
-        small = np.asarray(Image.fromarray(img.astype(np.float32), mode="F").resize((w, h), Image.BILINEAR))
+        small = np.asarray(Image.fromarray(img.astype(np.float32)).resize((w, h), Image.BILINEAR))
         top, left = rng.integers(0, S - h + 1), rng.integers(0, S - w + 1)
         images[i, top:top + h, left:left + w, 0] = np.clip(small, 0.0, 1.0)
         ink = small >= 0.5
@@ -671,7 +671,8 @@ def train_box(model: BoxViT, train_ds: BoxDataset, val_ds: BoxDataset | None = N
 
 # =========================================================== figures
 
-def _draw_box(ax, box, H, W, color, style="-", label=None):
+def draw_box(ax, box, H, W, color, style="-", label=None):
+    """Draw box (cx, cy, w, h) in fractions on a matplotlib axis showing an H x W image."""
     from matplotlib.patches import Rectangle
     cx, cy, w, h = (float(v) for v in box)
     ax.add_patch(Rectangle(((cx - w / 2) * W, (cy - h / 2) * H), w * W, h * H, fill=False,
@@ -712,8 +713,8 @@ def plot_box_attention(model: BoxViT, image: np.ndarray, true_box=None, title: s
     shown, cmap = _display(np.asarray(image, dtype=np.float64))
     axes[0].imshow(shown, cmap=cmap, vmin=0, vmax=1, extent=(0, W, H, 0), interpolation="nearest")
     if true_box is not None:
-        _draw_box(axes[0], true_box, H, W, "lime", "--", "true")
-    _draw_box(axes[0], box, H, W, "red", "-", "predicted")
+        draw_box(axes[0], true_box, H, W, "lime", "--", "true")
+    draw_box(axes[0], box, H, W, "red", "-", "predicted")
     axes[0].legend(loc="lower right", fontsize=7)
     axes[0].set_xticks([])
     axes[0].set_yticks([])
@@ -724,7 +725,7 @@ def plot_box_attention(model: BoxViT, image: np.ndarray, true_box=None, title: s
     axes[0].set_title(sub, fontsize=8)
     for ax, (name, (amap, uniform)) in zip(axes[1:], maps.items()):
         im = _overlay(ax, np.asarray(image, np.float64), amap, vmax=float(amap.max()))
-        _draw_box(ax, box, H, W, "red")
+        draw_box(ax, box, H, W, "red")
         ax.set_title(name, fontsize=8)
         cb = fig.colorbar(im, ax=ax, fraction=0.046)
         cb.ax.axhline(uniform, color="cyan", lw=1.5)                 # what a uniform map gives

@@ -39,7 +39,7 @@ import numpy as np
 
 from _setup import FIGURES, QUICK, show   # see tutorials/_setup.py
 from tinyvit import ViTConfig, viz
-from tinyvit.box import (BoxConfig, BoxTrainConfig, BoxViT, boxes_from_masks, evaluate_box,
+from tinyvit.box import (BoxConfig, BoxTrainConfig, BoxViT, boxes_from_masks, draw_box, evaluate_box,
                          load_box_data, plot_box_attention, predict, train_box)
 from tinyvit.gradcheck import check_layer
 from tinyvit.layers import box as bx
@@ -70,13 +70,11 @@ show("images", train_ds.images)
 show("boxes (cx, cy, w, h)", train_ds.boxes)
 
 # %%
-from tinyvit.box import _draw_box                                   # noqa: E402
-
 fig = viz._new_figure(12, 2.4)
 axes = fig.subplots(1, 6)
 for i, ax in enumerate(axes):
     ax.imshow(val_ds.images[i], extent=(0, SIZE, SIZE, 0), interpolation="nearest")
-    _draw_box(ax, val_ds.boxes[i], SIZE, SIZE, "lime", "--")
+    draw_box(ax, val_ds.boxes[i], SIZE, SIZE, "lime", "--")
     ax.set_title(f"{val_ds.class_names[val_ds.labels[i]]}, w={val_ds.boxes[i, 2]:.2f}", fontsize=8)
     ax.set_xticks([])
     ax.set_yticks([])
