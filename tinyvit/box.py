@@ -380,7 +380,7 @@ class BoxViT:
     def forward(self, images: np.ndarray):
         """images (B, H, W, C) -> (boxes (B, 4), logits (B, K), cache). cache["attn"] holds
         the blocks' attention probabilities; cache["box_attn"] what the box pool reads
-        over the patches (B, N) for "attn", else None."""
+        over the patches (B, N) for "attn" and "map", else None."""
         p, L = self.params, self.vit.layers
         tokens, cache = self.vit.forward_tokens(images)                         # (B, T, D)
         pooled, cache["box_pool"] = self._box_pool_forward(tokens)              # (B, D)
@@ -388,8 +388,10 @@ class BoxViT:
         P = self._prefix()
         cls_in = tokens[:, 0, :] if self.config.pool == "cls" else tokens[:, P:, :].mean(axis=1)
         logits, cache["head"] = L.linear_forward(cls_in, p["head.W"], p["head.b"])   # (B, K)
-        bp = cache["box_pool"]
-        cache["box_attn"] = None if bp is None else np.asarray(bp["attn"]).reshape(len(boxes), -1, bp["attn"].shape[-1]).mean(axis=1)
+        cache["box_attn"] = None
+        if cache["box_pool"] is not None:            # "attn": (B, N); "map": (B, h, 1, N), heads averaged
+            A = cache["box_pool"]["attn"]
+            cache["box_attn"] = A.reshape(A.shape[0], -1, A.shape[-1]).mean(axis=1)   # (B, N)
         return boxes, logits, cache
 
     def backward(self, dboxes: np.ndarray, dlogits: np.ndarray | None, cache) -> dict:
