@@ -41,12 +41,10 @@ def box_head_forward(x: np.ndarray, W: np.ndarray, b: np.ndarray):
 
 def box_head_backward(dboxes: np.ndarray, cache):
     """dboxes (B, 4) -> dx (B, D), dW (D, 4), db (4,)."""
-    # BEGIN SOLUTION box_head_backward
     lin_cache, boxes = cache
     # boxes = sigmoid(z): dsigmoid/dz = s (1 - s)
     dz = dboxes * boxes * (1.0 - boxes)                  # (B, 4)
     return linear_backward(dz, lin_cache)
-    # END SOLUTION
 
 
 def l1_loss_forward(pred: np.ndarray, target: np.ndarray):
@@ -57,10 +55,8 @@ def l1_loss_forward(pred: np.ndarray, target: np.ndarray):
 
 def l1_loss_backward(dloss: np.ndarray, cache) -> np.ndarray:
     """dloss (B,) -> dpred (B, 4). (|u|' = sign(u); 0 at u = 0, as torch's L1 loss.)"""
-    # BEGIN SOLUTION l1_loss_backward
     diff = cache
     return np.sign(diff) * dloss[:, None]                # (B, 4)
-    # END SOLUTION
 
 
 def box_corners(boxes: np.ndarray):
@@ -98,7 +94,6 @@ def giou_loss_forward(pred: np.ndarray, target: np.ndarray):
 
 def giou_loss_backward(dloss: np.ndarray, cache) -> np.ndarray:
     """dloss (B,) -> dpred (B, 4). The target gets no gradient (it is data)."""
-    # BEGIN SOLUTION giou_loss_backward
     c = cache
     (px0, py0, px1, py1), (tx0, ty0, tx1, ty1) = c["p"], c["t"]
     union, area_c, inter = c["union"], c["area_c"], c["inter"]
@@ -137,7 +132,6 @@ def giou_loss_backward(dloss: np.ndarray, cache) -> np.ndarray:
     dw = dpw + (dpx1 - dpx0) / 2
     dh = dph + (dpy1 - dpy0) / 2
     return np.stack([dcx, dcy, dw, dh], axis=1)          # (B, 4)
-    # END SOLUTION
 
 
 def box_iou(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -165,7 +159,6 @@ def query_pool_forward(x: np.ndarray, query: np.ndarray):
 
 def query_pool_backward(dout: np.ndarray, cache):
     """dout (B, D) -> dx (B, N, D), dquery (D,)."""
-    # BEGIN SOLUTION query_pool_backward
     x, q, a, scale = cache["x"], cache["query"], cache["attn"], cache["scale"]
     # out = sum_n a_n x_n: each token gets a_n of dout, and each weight gets x_n . dout
     dx = a[:, :, None] * dout[:, None, :]                # (B, N, D)
@@ -176,4 +169,3 @@ def query_pool_backward(dout: np.ndarray, cache):
     dx = dx + ds[:, :, None] * q * scale
     dquery = (ds[:, :, None] * x).sum(axis=(0, 1)) * scale   # (D,)
     return dx, dquery
-    # END SOLUTION
