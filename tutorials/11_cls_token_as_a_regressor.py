@@ -177,8 +177,9 @@ for name, errs in checks.items():
 #   tokens), when this tinyvit has them.
 #
 # The same ViT, the same data in the same order, the same number of steps; only the
-# pooling differs. Time is wall-clock training time on this machine (shared, so
-# only roughly comparable).
+# pooling differs. Time is the wall-clock time of `train_box` on this machine,
+# an evaluation on the held-out images after each epoch included (on a shared
+# machine, only roughly comparable).
 
 # %%
 POOLS = ["cls", "mean", "attn"]
