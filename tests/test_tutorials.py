@@ -24,6 +24,8 @@ PROMISED = {
                                 "08_rollout_cls_0.png", "08_rollout_cls_1.png", "08_rollout_cls_2.png",
                                 "08_rollout_mean_0.png", "08_rollout_mean_patches_0.png",
                                 "08_pos_embed_trained.png"],
+    "11_cls_token_as_a_regressor.py": ["11_boxes.png", "11_iou_vs_giou.png", "11_box_attention_cls.png",
+                                       "11_box_attention_attn.png"],
 }
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

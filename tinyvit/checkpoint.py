@@ -17,6 +17,7 @@ loads with ``allow_pickle=False``. Its entries:
                                   is the whole RNG state, no pickled generator needed
     param/<name>        every model parameter, with its dtype
     optim/<name>        the optimizer's state_dict() ("optim/step", "optim/m.<param>", ...)
+    extra/<name>        arrays of parts outside the ViT (e.g. tinyvit.box's box head), if any
 
 Files are written to a temporary file in the target's directory and moved into
 place with ``os.replace``, so a crash (or Ctrl-C) during a save leaves the
@@ -75,6 +76,7 @@ class Checkpoint:
     step: int = 0
     seed: int = 0
     path: str = ""
+    extra: dict = field(default_factory=dict)
 
     def model(self) -> ViT:
         """A ViT holding the checkpoint's parameters."""
@@ -92,11 +94,13 @@ def _json_array(obj) -> np.ndarray:
 
 def save_checkpoint(path, model: ViT, *, optimizer=None, train_config: dict | None = None,
                     meta: dict | None = None, history: dict | None = None,
-                    epoch: int = 0, batch: int = 0, step: int = 0, seed: int = 0) -> Path:
+                    epoch: int = 0, batch: int = 0, step: int = 0, seed: int = 0,
+                    extra: dict | None = None) -> Path:
     """Write ``model`` (and optionally the training state) to ``path`` atomically.
 
     optimizer     an object with state_dict() (tinyvit.optim.SGD/AdamW) or None
     train_config, meta, history   JSON-serialisable dicts
+    extra         name -> array for parts outside the ViT (stored as "extra/<name>")
     Returns the path written.
     """
     if not isinstance(model, ViT):
@@ -119,6 +123,8 @@ def save_checkpoint(path, model: ViT, *, optimizer=None, train_config: dict | No
     if optimizer is not None:
         for name, value in optimizer.state_dict().items():
             arrays[f"optim/{name}"] = np.asarray(value)
+    for name, value in (extra or {}).items():
+        arrays[f"extra/{name}"] = np.asarray(value)
     save_npz(path, arrays)                          # atomic; mode follows the umask
     return path
 
@@ -204,10 +210,13 @@ def _check_shapes(npz: NpzReader, config: ViTConfig, path) -> None:
     wrong = [f"{k}: expected {expected[k]} {dtype}, got {npz.shapes['param/' + k]} "
              f"{npz.dtypes['param/' + k]}" for k in expected if k in params
              and (npz.shapes["param/" + k] != expected[k] or npz.dtypes["param/" + k] != dtype)]
+    # optimizer moments: one per parameter, of the model or of the extra parts (a box head)
+    moment_shapes = {**{k[len("extra/"):]: npz.shapes[k] for k in npz.files if k.startswith("extra/")},
+                     **expected}
     for k in npz.files:
         if not k.startswith("optim/") or k == "optim/step":
             continue
-        want = expected.get(k[len("optim/"):].partition(".")[2])
+        want = moment_shapes.get(k[len("optim/"):].partition(".")[2])
         if want is None or npz.shapes[k] != want:
             wrong.append(f"{k}: expected the shape of a parameter of this config, got {npz.shapes[k]}")
     if "optim/step" in npz and npz.shapes["optim/step"] != ():
@@ -281,7 +290,8 @@ def load_checkpoint(path) -> Checkpoint:
                               train_config=train_config, meta=meta, history=history,
                               epoch=_int(npz, "state/epoch", path), batch=_int(npz, "state/batch", path),
                               step=_int(npz, "state/step", path), seed=_int(npz, "rng/seed", path),
-                              path=str(path))
+                              path=str(path),
+                              extra={k[len("extra/"):]: npz.read(k) for k in npz.files if k.startswith("extra/")})
     except CheckpointError:
         raise
     except NpzError as e:

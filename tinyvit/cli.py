@@ -610,7 +610,7 @@ def _add_eval_parsers(sub):
 
 # =========================================================== parser and main
 
-COMMAND_MODULES = ("bench", "assignment")
+COMMAND_MODULES = ("bench", "assignment", "box_cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

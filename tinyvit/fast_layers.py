@@ -31,6 +31,7 @@ from .layers import (BLOCK_PARAMS, EPS, block_param_shapes, cls_backward, cls_fo
                      pos_backward, pos_forward, sincos_pos_embed, softmax_cross_entropy,
                      split_heads, unpatchify)
 from .special import erf
+from .layers.box import *  # noqa: F401,F403  (box head, box losses, query pool: the reference forms)
 
 SUPPORTS_QUERIES = True      # attention_forward and block_forward take n_queries=n
 

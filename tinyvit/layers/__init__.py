@@ -29,3 +29,4 @@ __all__ = ["attention_backward", "attention_forward", "merge_heads", "softmax", 
            "gelu_backward", "gelu_forward", "mlp_backward", "mlp_forward", "patchify",
            "patchify_backward", "patchify_forward", "unpatchify", "cls_backward", "cls_forward",
            "pos_backward", "pos_forward", "sincos_pos_embed"]
+from .box import *  # noqa: E402,F401,F403  (box head, L1 and GIoU losses, query pool: layers/box.py)
