@@ -1,0 +1,286 @@
+"""Running a student's code where it cannot reach the grader (the parent side).
+
+    grader (this process: makes inputs, computes the reference, compares, scores, reports)
+      `-- supervisor  (python -I -S, our code: a child subreaper that kills every descendant)
+            `-- runner  (python -I -S, our code + the student's edition: calls functions)
+
+The runner starts with ``-I -S`` (no environment variables, no user or site packages, no
+current folder on sys.path), from the base interpreter rather than the grader's virtual
+environment, with a minimal environment, in an empty working folder, and its sys.path is
+only the student's edition, a private copy of NumPy and Pillow (the *runtime*: hard links
+or copies, so no path leads back to the grader's site-packages), and the standard
+library. Its command line holds no path: the edition and the rest of the spec arrive over
+its stdin. So neither ``sys.modules``, ``sys.path``, ``importlib.metadata``, the command
+line nor the environment leads to the teacher's package. The runner gets inputs from the
+grader, sends back arrays (the _wire format, read without pickle), and never sees an
+expected value.
+
+After each part the supervisor kills the runner and everything it started (setsid and
+double forks included: the supervisor is their subreaper) before the grader goes on, and
+the report is written only after the last part's processes are gone.
+
+What this does not stop: code running as your user can read any file your user can read
+(your copy of tinyvit included, if the student guesses where it is) and can see other
+processes in /proc. It cannot change the verdict, but for untrusted submissions run the
+grader inside a stronger sandbox: see tutorials/ASSIGNMENTS.md ("A stronger sandbox").
+"""
+
+from __future__ import annotations
+
+import atexit
+import importlib.util
+import json
+import os
+import select
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from . import _wire
+
+HERE = Path(__file__).resolve().parent
+# The runner's prelude reads the spec (one message without arrays) with the standard library
+# only, and sets sys.path to the edition, the runtime and the standard library before
+# anything imports NumPy.
+_PRELUDE = """
+import json as _json, os as _os, struct as _struct, sys as _sys
+_RFD = _os.dup(0)
+def _exact(n):
+    b = b""
+    while len(b) < n:
+        c = _os.read(_RFD, n - len(b))
+        if not c:
+            raise SystemExit(3)
+        b += c
+    return b
+_SPEC = _json.loads(_exact(_struct.unpack(">Q", _exact(8))[0]).decode("utf-8"))
+_sys.path[:] = [_SPEC["edition"], _SPEC["runtime"]] + [
+    p for p in _sys.path if p and _os.path.isdir(p) and "site-packages" not in p
+    and "dist-packages" not in p]
+"""
+RUNNER_SOURCE = (_PRELUDE + (HERE / "_wire.py").read_text(encoding="utf-8") + "\n"
+                 + (HERE / "_runner.py").read_text(encoding="utf-8"))
+SUPERVISOR_SOURCE = (HERE / "_supervisor.py").read_text(encoding="utf-8")
+RUNTIME_PACKAGES = ("numpy", "numpy.libs", "PIL", "pillow.libs")
+MEMORY_LIMIT = 4 << 30                   # bytes of address space for the runner
+
+
+class Timeout(Exception):
+    """The runner did not answer in time."""
+
+
+class ChannelClosed(Exception):
+    """The runner ended (crashed, exited) without answering."""
+
+
+def base_python() -> str:
+    """The interpreter without the virtual environment (its real file)."""
+    return os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable)
+
+
+_RUNTIME = {}
+
+
+def runtime_dir() -> str:
+    """A private folder with NumPy and Pillow (hard links where possible), made once a process."""
+    if "path" in _RUNTIME and os.path.isdir(_RUNTIME["path"]):
+        return _RUNTIME["path"]
+    root = Path(tempfile.mkdtemp(prefix="tinyvit-grader-runtime-"))
+    root.chmod(0o755)
+
+    def link_or_copy(src, dst):
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    for name in RUNTIME_PACKAGES:
+        spec = importlib.util.find_spec(name) if "." not in name else None
+        if spec is not None and spec.submodule_search_locations:
+            src = Path(list(spec.submodule_search_locations)[0])
+        else:                                    # numpy.libs, pillow.libs: beside the package
+            base = importlib.util.find_spec(name.split(".")[0].replace("pillow", "PIL"))
+            if base is None or not base.submodule_search_locations:
+                continue
+            src = Path(list(base.submodule_search_locations)[0]).parent / name
+        if src.is_dir():
+            shutil.copytree(src, root / name, copy_function=link_or_copy,
+                            ignore=shutil.ignore_patterns("tests", "*.pyi"))
+    _RUNTIME["path"] = str(root)
+    atexit.register(shutil.rmtree, str(root), True)
+    return str(root)
+
+
+def child_env(home: str) -> dict:
+    return {"PATH": "/usr/bin:/bin", "HOME": home, "LANG": "C.UTF-8",
+            "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+            "MPLBACKEND": "Agg"}
+
+
+class Session:
+    """One runner for one part: start, call, answer the oracle, close (everything killed)."""
+
+    def __init__(self, edition, *, oracle: dict | None = None, watch=(), deadline: float):
+        """edition: the folder holding the spliced tinyvit/; oracle: {name: reference fn} the
+        student's code may call (the part under test is never in it); deadline: a
+        time.monotonic() value after which every wait gives up."""
+        self.edition = str(Path(edition).resolve())
+        self.oracle = dict(oracle or {})
+        self.deadline = deadline
+        self.work = tempfile.mkdtemp(prefix="tinyvit-grade-part-")
+        self.out_path = os.path.join(self.work, "output.txt")
+        req_r, self.req_w = os.pipe()
+        self.rep_r, rep_w = os.pipe()
+        env = child_env(self.work)
+        cmd = [base_python(), "-I", "-S", "-B", "-c", RUNNER_SOURCE]
+        self.sup = subprocess.Popen(
+            [base_python(), "-I", "-S", "-B", "-c", SUPERVISOR_SOURCE],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None if os.environ.get("TINYVIT_GRADER_DEBUG") else subprocess.DEVNULL,
+            pass_fds=(req_r, rep_w), env=env, cwd=self.work, start_new_session=True)
+        self.sup.stdin.write((json.dumps({"cmd": cmd, "env": env, "cwd": self.work, "req": req_r,
+                                          "rep": rep_w, "out": self.out_path,
+                                          "memory": MEMORY_LIMIT}) + "\n").encode())
+        self.sup.stdin.flush()
+        os.close(req_r)
+        os.close(rep_w)
+        self.closed = False
+        self.cleanup = None
+        spec = {"op": "spec", "edition": self.edition, "runtime": runtime_dir(),
+                "reply_fd": rep_w, "cwd": self.work, "oracle": sorted(self.oracle),
+                "watch": sorted(watch)}
+        self._send(_wire.pack(dict(spec, blobs=0), []))
+        self.ready = self._receive_answer()
+
+    # --- low level
+    def _send(self, data: bytes) -> None:
+        try:
+            view = memoryview(data)
+            while view:
+                _, w, _ = select.select([], [self.req_w], [], self._left())
+                if not w:
+                    raise Timeout()
+                view = view[os.write(self.req_w, view[:1 << 16]):]
+        except (BrokenPipeError, OSError) as err:
+            if isinstance(err, Timeout):
+                raise
+            raise ChannelClosed() from None
+
+    def _left(self) -> float:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise Timeout()
+        return left
+
+    def _read(self, n: int) -> bytes:
+        chunks, got = [], 0
+        while got < n:
+            r, _, _ = select.select([self.rep_r], [], [], self._left())
+            if not r:
+                raise Timeout()
+            b = os.read(self.rep_r, min(n - got, 1 << 20))
+            if not b:
+                raise ChannelClosed()
+            chunks.append(b)
+            got += len(b)
+        return b"".join(chunks)
+
+    def _receive(self):
+        try:
+            header, blobs = _wire.unpack_from(self._read)
+            values = _wire.values_of(header, blobs)
+        except (_wire.WireError, ValueError, TypeError, KeyError, json.JSONDecodeError) as err:
+            raise ChannelClosed(f"unreadable answer ({err})") from None
+        return header, values
+
+    def _receive_answer(self):
+        """The next answer that is not an oracle request (those are served here)."""
+        while True:
+            header, values = self._receive()
+            if header.get("op") != "oracle":
+                return header, values
+            name = header.get("fn")
+            if name not in self.oracle:
+                self._send(_wire.message({"op": "refused", "message": f"{name!r} is not served"}))
+                continue
+            try:
+                value = self.oracle[name](*values.get("args", []), **values.get("kwargs", {}))
+                reply = _wire.message({"op": "value"}, value=value)
+            except Exception as err:                   # bad arguments from the student's code
+                reply = _wire.message({"op": "failed", "message": f"{type(err).__name__}: {err}"})
+            self._send(reply)
+
+    # --- requests
+    def call(self, fn: str, args, kwargs=None, seconds: float | None = None):
+        """Run the student's fn; returns (header, values). seconds: a tighter limit for this call."""
+        saved = self.deadline
+        if seconds is not None:
+            self.deadline = min(self.deadline, time.monotonic() + seconds)
+        try:
+            self._send(_wire.message({"op": "call", "fn": fn}, args=list(args),
+                                     kwargs=dict(kwargs or {})))
+            return self._receive_answer()
+        finally:
+            self.deadline = saved
+
+    def train(self, **values):
+        self._send(_wire.message({"op": "train"}, **values))
+        return self._receive_answer()
+
+    def output(self, limit: int = 2000) -> str:
+        try:
+            with open(self.out_path, "rb") as f:
+                data = f.read()
+        except OSError:
+            return ""
+        text = data.decode("utf-8", "replace")
+        return text if len(text) <= limit else "..." + text[-limit:]
+
+    def close(self) -> None:
+        """Kill the runner and every process it started; wait until they are gone."""
+        if self.closed:
+            return
+        self.closed = True
+        for fd in (self.req_w, self.rep_r):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        answer = ""
+        try:
+            self.sup.stdin.write(b"stop\n")
+            self.sup.stdin.flush()
+        except OSError:
+            pass
+        fd, buf, end = self.sup.stdout.fileno(), b"", time.monotonic() + 20.0
+        while b"clean" not in buf and time.monotonic() < end:
+            r, _, _ = select.select([fd], [], [], max(0.0, end - time.monotonic()))
+            chunk = os.read(fd, 4096) if r else b""
+            if not chunk:
+                break
+            buf += chunk
+        for line in buf.decode("ascii", "replace").splitlines():
+            if line.startswith("clean"):
+                answer = line.strip()
+        if not answer.startswith("clean"):
+            # the supervisor itself failed: kill it, then whatever is left in its session
+            from ._supervisor import kill_all
+            pid = self.sup.pid
+            try:
+                self.sup.kill()
+            except OSError:
+                pass
+            kill_all(pid, sessions={pid})
+        try:
+            self.sup.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.sup.kill()
+        for f in (self.sup.stdin, self.sup.stdout):
+            try:
+                f.close()
+            except OSError:
+                pass
+        self.cleanup = answer
+        shutil.rmtree(self.work, ignore_errors=True)
