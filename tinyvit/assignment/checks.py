@@ -434,6 +434,10 @@ def evaluate(case: dict, answer: dict, R=None) -> tuple[list, list]:
         return checks, flags
 
     value = answer.get("value")
+    after = answer.get("args_after")
+    if not isinstance(after, list) or len(after) != len(case["args"]):
+        fail_all("the answer is malformed (no arguments came back)")
+        return checks, flags
     try:
         if PART_BY_NAME[case["part"]].kind == "backward":
             outs = _as_outputs(case["part"], value)

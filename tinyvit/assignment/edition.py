@@ -437,7 +437,46 @@ def extract_body(sub_text: str, clean_text: str, name: str) -> tuple[str | None,
     return textwrap.dedent("\n".join(chunk)), ""
 
 
-def splice(edition: Path, submission: Path, manifest: dict) -> dict:
+# A layer's body needs NumPy, math and the package's own functions; these reach files,
+# processes, the interpreter or the grader, and are flagged (the part scores 0 and the
+# teacher sees why). The sandbox stops them anyway; the screen says what was tried.
+SCREEN_NAMES = {"open", "exec", "eval", "compile", "__import__", "globals", "locals", "vars",
+                "breakpoint", "input", "memoryview", "setattr", "delattr", "getattr"}
+SCREEN_ATTRS = {"__dict__", "__closure__", "__globals__", "__code__", "__builtins__",
+                "__subclasses__", "__bases__", "__mro__", "__class__", "__wrapped__",
+                "__loader__", "__spec__", "__file__", "_getframe", "f_back", "f_locals",
+                "f_globals", "tofile", "fromfile", "load", "save", "savez", "loadtxt",
+                "savetxt", "genfromtxt", "memmap", "ctypeslib", "lib"}
+ALLOWED_IMPORTS = {"numpy", "math"}
+
+
+def screen_body(body: str) -> list[str]:
+    """What in a student's body reaches beyond arrays (see SCREEN_NAMES, SCREEN_ATTRS)."""
+    found = []
+    try:
+        tree = ast.parse(body)
+    except SyntaxError:
+        return []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            mods = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or "."]
+            if node.__class__ is ast.ImportFrom and node.level:
+                mods = ["." * node.level + (node.module or "")]
+            for m in mods:
+                if m.split(".")[0] not in ALLOWED_IMPORTS:
+                    found.append(f"import {m} (line {node.lineno})")
+        elif isinstance(node, ast.Name) and node.id in SCREEN_NAMES:
+            found.append(f"{node.id} (line {node.lineno})")
+        elif isinstance(node, ast.Name) and node.id in ("os", "sys", "importlib", "subprocess",
+                                                       "ctypes", "builtins", "gc", "inspect"):
+            found.append(f"{node.id} (line {node.lineno})")
+        elif isinstance(node, ast.Attribute) and node.attr in SCREEN_ATTRS:
+            found.append(f".{node.attr} (line {node.lineno})")
+    return found
+
+
+def splice(edition: Path, submission: Path, manifest: dict, screen: bool = True) -> dict:
     """Put the student's bodies of the assigned functions into the clean edition (in place).
     Returns {part: "" or why the part stays blank}."""
     notes = {}
@@ -459,6 +498,12 @@ def splice(edition: Path, submission: Path, manifest: dict) -> dict:
         body, why = extract_body(sub_text, clean_text, name)
         if body is None:
             notes[name] = why
+            continue
+        found = screen_body(body) if screen else []
+        if found:
+            notes[name] = ("FLAGGED: your body uses " + ", ".join(found[:5]) +
+                           ", which a layer does not need (it reaches files, processes or the "
+                           "interpreter); the part scores 0 and your teacher will look at it")
             continue
         pat = re.compile(rf'^([ \t]*)raise NotImplementedError\("{re.escape(name)}: .*\)[ \t]*$',
                          re.M)

@@ -120,7 +120,12 @@ def grade_part(edition: Path, part_name: str, possible: float, seed, timeout: fl
                     except sandbox.ChannelClosed as err:
                         a = dead = {"status": "closed",
                                     "message": f" ({err})" if str(err) else " (it crashed)"}
-                c, f = evaluate(case, a, R)
+                try:
+                    c, f = evaluate(case, a, R)
+                except Exception as err:           # an answer shaped to break the judge
+                    c = [{"name": f"{case['label']}: answer", "kind": "value", "rel_error": None,
+                          "passed": False, "message": f"malformed answer ({type(err).__name__})"}]
+                    f = []
                 checks += c
                 flags += f
     except (sandbox.Timeout, sandbox.ChannelClosed) as err:
@@ -158,12 +163,15 @@ def grade_part(edition: Path, part_name: str, possible: float, seed, timeout: fl
 
 
 def grade(path, manifest=None, *, student: str | None = None, parts=None,
-          timeout: float = DEFAULT_TIMEOUT, student_timeout: float = DEFAULT_STUDENT_TIMEOUT) -> dict:
+          timeout: float = DEFAULT_TIMEOUT, student_timeout: float = DEFAULT_STUDENT_TIMEOUT,
+          screen: bool = True) -> dict:
     """Grade one submission (a folder holding tinyvit/, at any depth, or a zip).
 
     manifest: the path (or dict) written by build; None grades every part (or ``parts``)
     with the default points. student: the id that seeds the hidden cases (default: the
-    submission's name)."""
+    submission's name). screen: flag bodies that reach files, processes or the interpreter
+    (edition.screen_body); False grades them in the sandbox like any other (for testing
+    the sandbox alone)."""
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
         raise ValueError(f"timeout: expected a positive number of seconds, got {timeout!r}")
     if manifest is None:
@@ -195,7 +203,7 @@ def grade(path, manifest=None, *, student: str | None = None, parts=None,
                 raise ValueError("no tinyvit/ folder in the submission")
             edition = work / "edition"
             clean_edition(man, edition)
-            notes = splice(edition, root, man)
+            notes = splice(edition, root, man, screen=screen)
         except ValueError as err:
             if "teacher's tinyvit changed" in str(err):
                 raise
@@ -211,9 +219,15 @@ def grade(path, manifest=None, *, student: str | None = None, parts=None,
                                         "status": "error", "checks": [], "flags": [],
                                         "message": why, "seconds": 0.0, "output": ""})
                 continue
-            res = grade_part(edition, name, possible, part_seed(man["secret"], student, name),
-                             min(timeout, left))
-            if notes and notes.get(name):
+            flagged = (notes or {}).get(name, "").startswith("FLAGGED")
+            if flagged:
+                res = {"name": name, "points": 0.0, "possible": possible, "status": "flagged",
+                       "checks": [], "flags": [notes[name]], "message": notes[name],
+                       "seconds": 0.0, "output": ""}
+            else:
+                res = grade_part(edition, name, possible,
+                                 part_seed(man["secret"], student, name), min(timeout, left))
+            if notes and notes.get(name) and not flagged:
                 res["message"] = f"{notes[name]}; {res['message']}"
             report["parts"].append(res)
     finally:

@@ -114,6 +114,56 @@ def runtime_dir() -> str:
     return str(root)
 
 
+# Namespaces (Linux, util-linux's unshare, unprivileged user namespaces): the runner gets
+# its own PID namespace (it sees only its own processes: not the grader, its command line,
+# its working folder; and when it ends, the kernel ends everything inside) and its own
+# mount namespace, where the teacher's project and the grader's site-packages are covered
+# by empty folders. Used when the probe succeeds; TINYVIT_GRADER_ISOLATION=processes turns
+# it off.
+_HIDE_SCRIPT = ('while [ "$1" != "--" ]; do mount -t tmpfs -o size=16k tinyvit-hidden "$1" '
+                '2>/dev/null; shift; done; shift; exec "$@"')
+_ISOLATION = {}
+
+
+def _hidden_dirs(keep) -> list[str]:
+    import site
+    cands = {Path(__file__).resolve().parents[2], Path(sys.prefix).resolve()}
+    try:
+        cands.update(Path(p).resolve() for p in site.getsitepackages())
+        cands.add(Path(site.getusersitepackages()).resolve())
+    except (AttributeError, OSError):
+        pass
+    keep = [Path(k).resolve() for k in keep]
+    out = []
+    for c in sorted(cands):
+        if len(c.parts) < 3 or not c.is_dir():
+            continue
+        if any(c == k or c in k.parents for k in keep):
+            continue
+        out.append(str(c))
+    return out
+
+
+def isolation_prefix(keep) -> list[str]:
+    """The command prefix that runs the runner in its own namespaces, or [] where that fails."""
+    if os.environ.get("TINYVIT_GRADER_ISOLATION", "") == "processes":
+        return []
+    unshare = shutil.which("unshare")
+    if not unshare or not sys.platform.startswith("linux"):
+        return []
+    prefix = [unshare, "--user", "--map-root-user", "--pid", "--fork", "--mount-proc",
+              "--kill-child", "sh", "-c", _HIDE_SCRIPT, "sh", *_hidden_dirs(keep), "--"]
+    key = tuple(prefix)
+    if key not in _ISOLATION:
+        try:
+            ok = subprocess.run(prefix + ["/bin/sh", "-c", "exit 7"], capture_output=True,
+                                timeout=20, stdin=subprocess.DEVNULL).returncode == 7
+        except (OSError, subprocess.SubprocessError):
+            ok = False
+        _ISOLATION[key] = ok
+    return prefix if _ISOLATION[key] else []
+
+
 def child_env(home: str) -> dict:
     return {"PATH": "/usr/bin:/bin", "HOME": home, "LANG": "C.UTF-8",
             "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
@@ -135,7 +185,8 @@ class Session:
         req_r, self.req_w = os.pipe()
         self.rep_r, rep_w = os.pipe()
         env = child_env(self.work)
-        cmd = [base_python(), "-I", "-S", "-B", "-c", RUNNER_SOURCE]
+        self.isolation = isolation_prefix([self.edition, runtime_dir(), self.work])
+        cmd = self.isolation + [base_python(), "-I", "-S", "-B", "-c", RUNNER_SOURCE]
         self.sup = subprocess.Popen(
             [base_python(), "-I", "-S", "-B", "-c", SUPERVISOR_SOURCE],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None if os.environ.get("TINYVIT_GRADER_DEBUG") else subprocess.DEVNULL,

@@ -1,0 +1,76 @@
+"""The outsider's trial (tests/assignment_trial.py): every plausible wrong answer loses
+points, every attempt to score without implementing scores 0 or is flagged, and no process
+a submission started outlives its grading."""
+
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import assignment_trial as T  # noqa: E402
+
+from tinyvit.assignment import build  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def trial(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("trial")
+    summary = build(tmp / "hw", parts=["all"])
+    (tmp / "work").mkdir()
+    marker = tmp / "rewritten-report.json"
+    rows = T.run_trial(tmp / "hw", Path(summary["manifest"]), tmp / "work", marker)
+    time.sleep(2.5)                    # A07's grandchild would write the marker after 1.5 s
+    return rows, marker
+
+
+def test_the_trial_is_as_large_as_promised():
+    assert len(T.WRONG) >= 30 and len(T.ATTEMPTS) >= 10
+    assert len({w[0] for w in T.WRONG}) == len(T.WRONG)
+
+
+def test_every_wrong_answer_loses_points(trial):
+    rows, _ = trial
+    wrong = [r for r in rows if r["id"].startswith("W")]
+    assert len(wrong) == len(T.WRONG)
+    for r in wrong:
+        assert r["points"] < r["possible"], r
+        assert r["status"] in ("partial", "wrong", "error"), r
+        assert r["message"], r
+
+
+def test_every_attempt_scores_zero_or_is_flagged(trial):
+    rows, marker = trial
+    attempts = [r for r in rows if r["id"].startswith("A")]
+    assert len(attempts) == len(T.ATTEMPTS) + len(T.SANDBOX_ONLY)
+    for r in attempts:
+        assert r["points"] == 0 or r["status"] == "flagged", r
+    # with the screen, everything reaching beyond arrays is flagged, saying what it used
+    flagged = {r["id"]: r for r in attempts if r["screen"] and r["status"] == "flagged"}
+    assert {"A01", "A02", "A03", "A04", "A05", "A06", "A07", "A11"} <= set(flagged)
+    assert "import sys" in flagged["A01"]["message"]
+    # finite differences, through the package's forward or written inline
+    assert "linear_forward" in flagged["A08"]["message"] and "times" in flagged["A08"]["message"]
+    assert "difference quotient" in flagged["A09"]["message"]
+    assert "gelu_forward 2 times" in flagged["A10"]["message"]
+    # without the screen the sandbox alone holds: no attempt earns a point
+    alone = {r["id"]: r for r in attempts if not r["screen"]}
+    assert set(alone) == T.SANDBOX_ONLY and all(r["points"] == 0 for r in alone.values())
+    assert "PackageNotFoundError" in alone["A02"]["message"]       # no metadata route
+    assert not marker.exists()          # the detached grandchild was killed with its part
+
+
+def test_messages_say_what_to_fix(trial):
+    rows, _ = trial
+    by = {(r["id"], r["screen"]): r for r in rows}
+    assert "expected shape (5,), got (3, 5)" in by[("W02", True)]["message"]
+    assert "returned float64 for float32 inputs" in by[("W03", True)]["message"]
+    assert "NaN or inf" in by[("W05", True)]["message"]
+    assert "changed the cache in place" in by[("W09", True)]["message"]
+    assert "reference backward fails on it" in by[("W12", True)]["message"]
+    assert "heads=2 (d=6)" in by[("W23", True)]["message"]
+    assert "changed dout in place" in by[("W20", True)]["message"]
+    # a forward mistake is charged to the forward: W11's layer norm loses its own points
+    # only (the backward parts are graded on the reference forward's cache)
+    assert by[("W11", True)]["part"] == "layernorm_forward"
