@@ -66,6 +66,11 @@ def main(rfd, header):
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)                   # the student's input() reads nothing
     os.dup2(2, 1)                      # the student's prints go to the output file
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(line_buffering=True)
+        except (AttributeError, ValueError):
+            pass
     chan = _Channel(rfd, os.dup(int(header["reply_fd"])))
     os.close(int(header["reply_fd"]))
     edition = os.path.abspath(header["edition"])
@@ -151,6 +156,11 @@ def main(rfd, header):
             out = message({"op": "raised", "type": type(err).__name__,
                            "message": str(err)[:800],
                            "where": _student_frames(err.__traceback__, edition)})
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
         chan.send(out)
 
 

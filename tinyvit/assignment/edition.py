@@ -1,7 +1,9 @@
 """Student editions: build one, describe it in a manifest, and splice a submission into it.
 
-The layer code marks each solution region with a pair of comment lines, ``# BEGIN
-SOLUTION <name>`` and ``# END SOLUTION``, around the body of the function <name>.
+The layer code marks each solution region with a pair of comment lines around the body of
+the function it names (see BEGIN_RE and END_RE below: "BEGIN", then "SOLUTION" and the name;
+"END", then "SOLUTION"). Their literal text never appears in this package, which every
+edition carries.
 
 build      copies the package's own source and data files (nothing else: no editor
            backups, no notes), blanks the chosen regions to one ``raise
@@ -36,8 +38,8 @@ from .parts import ALL_REGIONS, ANSWER_SENTENCES, PART_BY_NAME, default_points, 
     resolve_parts, write_json_atomic
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]       # the teacher's tinyvit
-_MARK = "# " + "BEGIN SOLUTION"                          # spelled apart: this file is copied too
-_END = "# " + "END SOLUTION"
+_MARK = "# BEGIN " + "SOLUTION"                        # spelled apart: this file is copied too
+_END = "# END " + "SOLUTION"
 BEGIN_RE = re.compile(r"^(?P<indent>[ \t]*)" + re.escape(_MARK) +
                       r" (?P<name>[A-Za-z_]\w*)[ \t]*\r?\n?$")
 END_RE = re.compile(r"^[ \t]*" + re.escape(_END) + r"[ \t]*\r?\n?$")

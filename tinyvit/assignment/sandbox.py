@@ -281,6 +281,10 @@ class Session:
         return self._receive_answer()
 
     def output(self, limit: int = 2000) -> str:
+        """What the student's code printed (the end of it, at most ``limit`` characters)."""
+        if self.closed:
+            return self._output[-limit:] if len(self._output) <= limit else \
+                "..." + self._output[-limit:]
         try:
             with open(self.out_path, "rb") as f:
                 data = f.read()
@@ -334,4 +338,7 @@ class Session:
             except OSError:
                 pass
         self.cleanup = answer
+        self.closed = False
+        self._output = self.output(limit=1 << 20)
+        self.closed = True
         shutil.rmtree(self.work, ignore_errors=True)
