@@ -180,7 +180,14 @@ def test_public_check_inside_the_edition(small, tmp_path):
     # the student's own line in the traceback
     assert "raised ValueError: cannot reshape" in out
     assert "at tinyvit/layers/tokens.py:" in out and "dcls.reshape(1, 1, 7)" in out
-    assert "public checks: " in out
+    assert "public checks: 9 / 13.5 points" in out
+    # the guide shows this very output (line numbers aside)
+    guide = (REPO / "tutorials" / "ASSIGNMENTS.md").read_text()
+    sample = guide.split("ok  linear_backward", 1)[1].split("```", 1)[0]
+    sample = "ok  linear_backward" + sample
+    norm = lambda t: re.sub(r"tokens\.py:\d+", "tokens.py:N", t)
+    for line in sample.strip().splitlines():
+        assert norm(line) in norm(out), line
 
 
 def test_edition_gives_nothing_away(full, tmp_path):
@@ -326,6 +333,27 @@ def test_cli_parts_points_and_errors(capsys, tmp_path):
     assert "does not exist" in capsys.readouterr().err
     with pytest.raises(ValueError, match="outside the project"):
         build(REPO, parts=["softmax"], force=True)
+
+
+def test_the_guide_states_what_the_code_does():
+    from tinyvit.assignment import checks, edition, student
+    from assignment_trial import ATTEMPTS, WRONG
+    guide = (REPO / "tutorials" / "ASSIGNMENTS.md").read_text()
+    for p in assignment.PARTS:
+        assert re.search(rf"^\| `{p.name}` \| {p.kind} \| {p.points:g} \|", guide, re.M), p.name
+    sci = lambda v: f"{v:.0e}".replace("e-0", "e-")
+    facts = [f"below {sci(checks.THRESHOLD)} passes", f"reference ({sci(checks.FORWARD_THRESHOLD)})",
+             f"float64 answer ({sci(checks.FLOAT32_THRESHOLD)})",
+             f"farther than {sci(checks.ANALYTIC_FLOOR)}", f"within {checks.SCALE_SECONDS:g} s",
+             f"less {checks.CONTRACT_PENALTY:.0%}", f"within {student.CURVE_TOLERANCE:.0%}",
+             f"trains for {student.TRAIN_SETTINGS['max_steps']} steps",
+             f"at most {edition.MAX_ZIP_BYTES >> 20} MB and {edition.MAX_ZIP_FILES} files",
+             f"of {edition.MIN_SOLUTION_LINE} characters or more",
+             f"grades {len(WRONG)} plausible wrong answers", f"and {len(ATTEMPTS)} attempts",
+             f"more than {checks.MAX_FORWARD_CALLS} times"]
+    flat = " ".join(guide.split())
+    for fact in facts:
+        assert " ".join(fact.split()) in flat, fact
 
 
 def test_malformed_markers_are_reported(tmp_path):

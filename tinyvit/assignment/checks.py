@@ -37,6 +37,7 @@ FORWARD_THRESHOLD = 1e-9   # forward output vs the reference (float64)
 FLOAT32_THRESHOLD = 1e-4   # float32 answers vs the float64 reference
 ANALYTIC_FLOOR = 1e-11     # farther than this from the analytic gradient: a difference quotient
 SCALE_SECONDS = 10.0       # the model-sized case must answer within this
+MAX_FORWARD_CALLS = 8      # more calls of any forward in one backward: finite differences
 CONTRACT_PENALTY = 0.25    # each broken contract (dtype, input changed) costs this share
 FORWARD_TYPE = ("linear_forward", "layernorm_forward", "softmax", "softmax_forward",
                 "attention_forward", "gelu_forward", "mlp_forward", "block_forward",
@@ -488,7 +489,7 @@ def evaluate(case: dict, answer: dict, R=None) -> tuple[list, list]:
         calls = answer.get("calls") or {}
         own = OWN_FORWARDS.get(case["part"], ())
         bad = {k: v for k, v in calls.items() if isinstance(v, int) and
-               ((k in own and v >= 2) or v > 8)}
+               ((k in own and v >= 2) or v > MAX_FORWARD_CALLS)}
         if bad:
             flags.append(f"{label}: your backward called " +
                          ", ".join(f"{k} {v} times" for k, v in sorted(bad.items())) +

@@ -47,6 +47,7 @@ MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\.py$")
 DATA_PATTERNS = ("data_files/*.txt",)                    # pyproject's package-data
 MANIFEST_FORMAT = 1
 SKIP_SCAN = ("assignment",)                              # the grader's own subpackage
+MIN_SOLUTION_LINE = 24          # characters: a solution line this long found elsewhere stops a build
 
 FAST_STANDIN = '''"""Student edition: the fast layers are your own layers.
 
@@ -160,7 +161,7 @@ def solution_lines(body: str) -> list[str]:
     out = []
     for line in body.splitlines():
         code = line.split("#", 1)[0].strip()
-        if len(code) >= 24:
+        if len(code) >= MIN_SOLUTION_LINE:
             out.append(code)
     return out
 
@@ -448,7 +449,7 @@ SCREEN_ATTRS = {"__dict__", "__closure__", "__globals__", "__code__", "__builtin
                 "__subclasses__", "__bases__", "__mro__", "__class__", "__wrapped__",
                 "__loader__", "__spec__", "__file__", "_getframe", "f_back", "f_locals",
                 "f_globals", "tofile", "fromfile", "load", "save", "savez", "loadtxt",
-                "savetxt", "genfromtxt", "memmap", "ctypeslib", "lib"}
+                "savetxt", "genfromtxt", "memmap", "ctypeslib"}
 ALLOWED_IMPORTS = {"numpy", "math"}
 
 
