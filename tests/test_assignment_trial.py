@@ -74,3 +74,32 @@ def test_messages_say_what_to_fix(trial):
     # a forward mistake is charged to the forward: W11's layer norm loses its own points
     # only (the backward parts are graded on the reference forward's cache)
     assert by[("W11", True)]["part"] == "layernorm_forward"
+
+
+def test_the_subreaper_alone_ends_a_detached_grandchild(tmp_path, monkeypatch):
+    """Without namespaces (the fallback where unshare is missing) the supervisor still kills
+    a setsid() grandchild before the grade returns."""
+    from tinyvit.assignment import grade
+    monkeypatch.setenv("TINYVIT_GRADER_ISOLATION", "processes")
+    summary = build(tmp_path / "hw", parts=["linear_backward"])
+    attempt = [a for a in T.ATTEMPTS if a[0] == "A07"][0]
+    marker = tmp_path / "rewritten-report.json"
+    sub = T.fill(tmp_path / "hw", tmp_path / "sub", {attempt[1]: attempt[3]}, str(marker))
+    report = grade(sub, summary["manifest"], screen=False)
+    assert report["total"] == 0
+    time.sleep(2.5)
+    assert not marker.exists()
+
+
+def test_a_link_to_the_teachers_file_is_not_read(tmp_path):
+    from tinyvit.assignment import grade
+    summary = build(tmp_path / "hw", parts=["linear_backward"])
+    sub = tmp_path / "sub"
+    import shutil
+    shutil.copytree(tmp_path / "hw", sub)
+    target = sub / "tinyvit" / "layers" / "linear.py"
+    target.unlink()
+    target.symlink_to(Path(__file__).resolve().parents[1] / "tinyvit" / "layers" / "linear.py")
+    report = grade(sub, summary["manifest"])
+    assert report["total"] == 0
+    assert "link to a file outside the submission" in report["parts"][0]["message"]

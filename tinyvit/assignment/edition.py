@@ -493,6 +493,10 @@ def splice(edition: Path, submission: Path, manifest: dict, screen: bool = True)
         if not sub_path.is_file():
             notes[name] = f"no {p['file']} in the submission"
             continue
+        if sub_path.is_symlink() or not sub_path.resolve().is_relative_to(
+                Path(submission).resolve()):
+            notes[name] = f"{p['file']} is a link to a file outside the submission (not read)"
+            continue
         try:
             sub_text = sub_path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as err:
