@@ -250,6 +250,76 @@ WRONG = [
         return dout, dout[:1]"""),
 ]
 
+# Right answers written otherwise than the reference: each must earn full points (the
+# finite-difference signs must not fire on an honest analytic backward)
+RIGHT = [
+    ("R01", "linear_backward", "einsum and tensordot", """
+        x, W = cache
+        dx = np.einsum("...o,io->...i", dout, W)
+        axes = tuple(range(x.ndim - 1))
+        return dx, np.tensordot(x, dout, axes=(axes, axes)), dout.sum(axis=axes)"""),
+    ("R02", "softmax", "shift by the max, divide with keepdims, via np.moveaxis", """
+        z = np.moveaxis(x, axis, -1)
+        e = np.exp(z - z.max(axis=-1, keepdims=True))
+        return np.moveaxis(e / e.sum(axis=-1, keepdims=True), -1, axis)"""),
+    ("R03", "softmax_backward", "the explicit Jacobian, with einsum", """
+        A = cache
+        J = np.einsum("...i,ij->...ij", A, np.eye(A.shape[-1], dtype=A.dtype)) \\
+            - np.einsum("...i,...j->...ij", A, A)
+        return np.einsum("...ij,...j->...i", J, dA)"""),
+    ("R04", "layernorm_forward", "np.var and a division", """
+        mu = x.mean(axis=-1, keepdims=True)
+        rstd = 1.0 / np.sqrt(x.var(axis=-1, keepdims=True) + eps)
+        xhat = (x - mu) * rstd
+        return xhat * gamma + beta, (xhat, rstd, gamma)"""),
+    ("R05", "layernorm_backward", "the long chain: dvar, dmu, then dx", """
+        xhat, rstd, gamma = cache
+        D = xhat.shape[-1]
+        axes = tuple(range(dout.ndim - 1))
+        dxhat = dout * gamma
+        xc = xhat / rstd
+        dvar = (dxhat * xc).sum(-1, keepdims=True) * -0.5 * rstd ** 3
+        dmu = -(dxhat * rstd).sum(-1, keepdims=True) + dvar * (-2.0 * xc).mean(-1, keepdims=True)
+        dx = dxhat * rstd + dvar * 2.0 * xc / D + dmu / D
+        return dx, (dout * xhat).sum(axis=axes), dout.sum(axis=axes)"""),
+    ("R06", "gelu_backward", "math.erf elementwise and 1/cosh^2", """
+        import math
+        x, kind = cache
+        if kind == "exact":
+            Phi = 0.5 * (1.0 + np.vectorize(math.erf)(x / math.sqrt(2.0))).astype(x.dtype)
+            return dout * (Phi + x * np.exp(-x * x / 2) / math.sqrt(2 * math.pi))
+        c = math.sqrt(2 / math.pi)
+        u = c * (x + 0.044715 * x ** 3)
+        return dout * (0.5 * (1 + np.tanh(u)) + 0.5 * x / np.cosh(u) ** 2 * c * (1 + 3 * 0.044715 * x * x))"""),
+    ("R07", "attention_backward", "einsum throughout", """
+        A, q, k, v, scale = cache["attn"], cache["q"], cache["k"], cache["v"], cache["scale"]
+        B, h, T, d = q.shape
+        dm, dWproj, dbproj = linear_backward(dout, cache["proj_cache"])
+        do = np.einsum("bthd->bhtd", dm.reshape(B, T, h, d))
+        dA = np.einsum("bhtd,bhsd->bhts", do, v)
+        dv = np.einsum("bhts,bhtd->bhsd", A, do)
+        dS = softmax_backward(dA, cache["softmax_cache"])
+        dq = np.einsum("bhts,bhsd->bhtd", dS, k) * scale
+        dk = np.einsum("bhts,bhtd->bhsd", dS, q) * scale
+        dqkv = np.concatenate([np.einsum("bhtd->bthd", g).reshape(B, T, h * d)
+                               for g in (dq, dk, dv)], axis=-1)
+        dx, dWqkv, dbqkv = linear_backward(dqkv, cache["qkv_cache"])
+        return dx, dWqkv, dbqkv, dWproj, dbproj"""),
+    ("R08", "patchify_backward", "a loop over the grid", """
+        (B, H, W, C), P = cache
+        dx = np.zeros((B, H, W, C), dtype=dout.dtype)
+        gw = W // P
+        for n in range(dout.shape[1]):
+            gy, gx = divmod(n, gw)
+            dx[:, gy * P:(gy + 1) * P, gx * P:(gx + 1) * P, :] = dout[:, n].reshape(B, P, P, C)
+        return dx"""),
+    ("R09", "cls_backward", "a loop over the batch", """
+        dcls = np.zeros((1, 1, dout.shape[2]), dtype=dout.dtype)
+        for b in range(dout.shape[0]):
+            dcls[0, 0] += dout[b, 0]
+        return dout[:, 1:, :].copy(), dcls"""),
+]
+
 # (id, part, the attempt, body, screen): screen=False grades the body with the static screen
 # off, to show the sandbox stops it on its own
 ATTEMPTS = [
@@ -421,6 +491,8 @@ def run_trial(edition: Path, manifest: Path, work: Path, marker: Path) -> list[d
         jobs.append((f"wrong{k}", g, True))
     for k, g in enumerate(groups(ATTEMPTS)):
         jobs.append((f"attempt{k}", g, True))
+    for k, g in enumerate(groups(RIGHT)):
+        jobs.append((f"right{k}", g, True))
     unscreened = [a for a in ATTEMPTS if a[0] in SANDBOX_ONLY]
     for k, g in enumerate(groups(unscreened)):
         jobs.append((f"sandbox{k}", g, False))

@@ -61,6 +61,14 @@ def test_every_attempt_scores_zero_or_is_flagged(trial):
     assert not marker.exists()          # the detached grandchild was killed with its part
 
 
+def test_right_answers_written_otherwise_earn_full_points(trial):
+    rows, _ = trial
+    right = [r for r in rows if r["id"].startswith("R")]
+    assert len(right) == len(T.RIGHT)
+    for r in right:
+        assert r["points"] == r["possible"] and r["status"] == "pass", r
+
+
 def test_messages_say_what_to_fix(trial):
     rows, _ = trial
     by = {(r["id"], r["screen"]): r for r in rows}
