@@ -337,7 +337,7 @@ def test_cli_parts_points_and_errors(capsys, tmp_path):
 
 def test_the_guide_states_what_the_code_does():
     from tinyvit.assignment import checks, edition, student
-    from assignment_trial import ATTEMPTS, WRONG
+    from assignment_trial import ATTEMPTS, RIGHT, WRONG
     guide = (REPO / "tutorials" / "ASSIGNMENTS.md").read_text()
     for p in assignment.PARTS:
         assert re.search(rf"^\| `{p.name}` \| {p.kind} \| {p.points:g} \|", guide, re.M), p.name
@@ -350,6 +350,7 @@ def test_the_guide_states_what_the_code_does():
              f"at most {edition.MAX_ZIP_BYTES >> 20} MB and {edition.MAX_ZIP_FILES} files",
              f"of {edition.MIN_SOLUTION_LINE} characters or more",
              f"grades {len(WRONG)} plausible wrong answers", f"and {len(ATTEMPTS)} attempts",
+             f"and {len(RIGHT)} right answers written otherwise",
              f"more than {checks.MAX_FORWARD_CALLS} times"]
     flat = " ".join(guide.split())
     for fact in facts:

@@ -506,14 +506,21 @@ def evaluate(case: dict, answer: dict, R=None) -> tuple[list, list]:
     return checks, flags
 
 
+def contract_key(check: dict) -> str:
+    """The contract a check is about, whatever the case: "dtype", "dout unchanged", ..."""
+    name = check["name"]
+    return "dtype" if name.endswith(" dtype") else name.split(": ", 1)[-1]
+
+
 def score(checks: list, flags: list, possible: float) -> float:
     """Partial credit: the share of value checks passed, less CONTRACT_PENALTY for each
-    broken contract (dtype, input changed); 0 when flagged."""
+    contract broken (a dtype changed, an input changed in place; once per contract, however
+    many cases show it); 0 when flagged."""
     if flags:
         return 0.0
     values = [c for c in checks if c["kind"] == "value"]
     if not values:
         return 0.0
     share = sum(c["passed"] for c in values) / len(values)
-    broken = sum(1 for c in checks if c["kind"] == "contract" and not c["passed"])
-    return round(possible * share * max(0.0, 1.0 - CONTRACT_PENALTY * broken), 2)
+    broken = {contract_key(c) for c in checks if c["kind"] == "contract" and not c["passed"]}
+    return round(possible * share * max(0.0, 1.0 - CONTRACT_PENALTY * len(broken)), 2)

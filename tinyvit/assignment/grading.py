@@ -146,7 +146,8 @@ def grade_part(edition: Path, part_name: str, possible: float, seed, timeout: fl
         status = "pass"
     elif pts > 0:
         status = "partial"
-    elif values and all(c["message"].startswith("raised") for c in values if not c["passed"]):
+    elif values and any(not c["passed"] for c in values) and \
+            all(c["message"].startswith("raised") for c in values if not c["passed"]):
         status = "error"
     elif any("no answer within" in c["message"] for c in values):
         status = "timeout"
