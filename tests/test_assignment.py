@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+import textwrap
 import zipfile
 from pathlib import Path
 
@@ -149,6 +150,24 @@ def test_class_workflow_csv_gradescope_feedback(small, tmp_path):
     assert "0 / 13.5" in feedback and "NotImplementedError" in feedback
 
 
+def test_a_forward_mistake_is_charged_once(tmp_path):
+    """ddof=1 in layernorm_forward costs the forward; a right layernorm_backward keeps its
+    points (it is graded on the reference forward's cache)."""
+    summary = build(tmp_path / "hw", parts=["layernorm_forward", "layernorm_backward"])
+    ln = (PACKAGE / "layers" / "layernorm.py").read_text()
+    right = re.search(r"SOLUTION layernorm_backward\n(.*?)\n[ \t]*# END", ln, re.S)[1]
+    sub = fill(tmp_path / "hw", tmp_path / "sub", {
+        "layernorm_forward": """
+            mu = x.mean(axis=-1, keepdims=True)
+            rstd = 1.0 / np.sqrt(x.var(axis=-1, ddof=1, keepdims=True) + eps)
+            xhat = (x - mu) * rstd
+            return gamma * xhat + beta, (xhat, rstd, gamma)""",
+        "layernorm_backward": textwrap.dedent(right)})
+    parts = {p["name"]: p for p in grade(sub, summary["manifest"])["parts"]}
+    assert parts["layernorm_backward"]["points"] == 15
+    assert parts["layernorm_forward"]["points"] < 5
+
+
 def test_hidden_cases_are_seeded_per_student(small):
     from tinyvit.assignment.checks import make_cases
     from tinyvit.assignment.grading import part_seed
@@ -264,8 +283,9 @@ def test_runner_is_isolated(small, tmp_path):
             meta = "none"
         print("PROBE", repr({"path": sys.path, "argv": sys.argv, "env": dict(os.environ),
                              "modules": sorted(m for m in sys.modules if "tinyvit" in m),
-                             "meta": meta, "ppid": os.getppid(), "cwd": os.getcwd()}))
-        return dout[:, 1:], dout[:, :1].sum(0, keepdims=True)'''
+                             "meta": meta, "ppid": os.getppid(), "cwd": os.getcwd(),
+                             "teacher": os.path.isdir(TEACHER)}))
+        return dout[:, 1:], dout[:, :1].sum(0, keepdims=True)'''.replace("TEACHER", repr(str(PACKAGE)))
     ed = fill(edition, tmp_path / "probe", {"cls_backward": probe})
     import time as _time
 
@@ -289,8 +309,8 @@ def test_runner_is_isolated(small, tmp_path):
     assert all(m == "tinyvit" or m.startswith("tinyvit.") for m in seen["modules"])
     assert "tinyvit.assignment.checks" not in seen["modules"]     # no judge in the child
     assert s.cleanup.startswith("clean")
-    if s.isolation:              # namespaces: the runner is alone in its PID namespace
-        assert seen["ppid"] == 0
+    if s.isolation:              # namespaces: alone in its PID namespace, the project covered
+        assert seen["ppid"] == 0 and seen["teacher"] is False
 
 
 def test_wire_carries_arrays_only():

@@ -126,14 +126,24 @@ _ISOLATION = {}
 
 
 def _hidden_dirs(keep) -> list[str]:
+    """The teacher's project, the grader's virtual environment and site-packages; never a
+    folder holding what the runner needs (the edition, the runtime, the interpreter and its
+    standard library)."""
     import site
-    cands = {Path(__file__).resolve().parents[2], Path(sys.prefix).resolve()}
+    cands = {Path(__file__).resolve().parents[2]}
+    if sys.prefix != sys.base_prefix:                   # a virtual environment
+        cands.add(Path(sys.prefix).resolve())
     try:
         cands.update(Path(p).resolve() for p in site.getsitepackages())
         cands.add(Path(site.getusersitepackages()).resolve())
     except (AttributeError, OSError):
         pass
-    keep = [Path(k).resolve() for k in keep]
+    keep = [Path(k).resolve() for k in keep] + [Path(base_python()).parent]
+    keep.append(Path(os.__file__).resolve().parent)             # the standard library
+    for mod in ("_ctypes", "_json", "math"):                    # and its extension modules
+        spec = importlib.util.find_spec(mod)
+        if spec is not None and spec.origin and os.path.isabs(spec.origin):
+            keep.append(Path(spec.origin).resolve().parent)
     out = []
     for c in sorted(cands):
         if len(c.parts) < 3 or not c.is_dir():
@@ -156,8 +166,9 @@ def isolation_prefix(keep) -> list[str]:
     key = tuple(prefix)
     if key not in _ISOLATION:
         try:
-            ok = subprocess.run(prefix + ["/bin/sh", "-c", "exit 7"], capture_output=True,
-                                timeout=20, stdin=subprocess.DEVNULL).returncode == 7
+            probe = prefix + [base_python(), "-I", "-S", "-c", "import sys; sys.exit(7)"]
+            ok = subprocess.run(probe, capture_output=True, timeout=20,
+                                stdin=subprocess.DEVNULL).returncode == 7
         except (OSError, subprocess.SubprocessError):
             ok = False
         _ISOLATION[key] = ok
