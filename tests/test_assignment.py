@@ -85,6 +85,7 @@ def test_blank_edition_scores_zero_and_unassigned_parts_are_not_graded(small):
     report = grade(edition, manifest)
     assert [p["name"] for p in report["parts"]] == CLASS_PARTS
     assert report["total"] == 0 and report["possible"] == 13.5
+    assert report["sandbox"] in ("namespaces", "processes")
     for p in report["parts"]:
         assert p["status"] == "error" and "NotImplementedError" in p["message"]
 

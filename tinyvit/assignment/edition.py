@@ -465,6 +465,8 @@ def screen_body(body: str) -> list[str]:
             mods = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                 [node.module or "."]
             if node.__class__ is ast.ImportFrom and node.level:
+                if node.level == 1 or (node.level == 2 and node.module == "special"):
+                    continue                     # the layers' own modules, tinyvit.special
                 mods = ["." * node.level + (node.module or "")]
             for m in mods:
                 if m.split(".")[0] not in ALLOWED_IMPORTS:

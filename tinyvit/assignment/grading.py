@@ -135,9 +135,11 @@ def grade_part(edition: Path, part_name: str, possible: float, seed, timeout: fl
             checks = [{"name": "start", "kind": "value", "rel_error": None, "passed": False,
                        "message": note}]
     finally:
+        sandbox_kind = "not started"
         if session is not None:
             session.close()
             output = session.output()
+            sandbox_kind = "namespaces" if session.isolation else "processes"
     pts = score(checks, flags, possible)
     values = [c for c in checks if c["kind"] == "value"]
     if flags:
@@ -160,7 +162,8 @@ def grade_part(edition: Path, part_name: str, possible: float, seed, timeout: fl
         message = f"{note}; {message}"
     return {"name": part_name, "points": pts, "possible": possible, "status": status,
             "checks": checks, "flags": flags, "message": message,
-            "seconds": round(time.monotonic() - start, 3), "output": output}
+            "seconds": round(time.monotonic() - start, 3), "output": output,
+            "sandbox": sandbox_kind}
 
 
 def grade(path, manifest=None, *, student: str | None = None, parts=None,
@@ -236,11 +239,14 @@ def grade(path, manifest=None, *, student: str | None = None, parts=None,
     report["total"] = round(sum(p["points"] for p in report["parts"]), 2)
     report["possible"] = round(sum(p["possible"] for p in report["parts"]), 2)
     report["threshold"] = THRESHOLD
+    kinds = sorted({p.get("sandbox") for p in report["parts"] if p.get("sandbox")} - {"not started"})
+    report["sandbox"] = ", ".join(kinds) or "none"
     return report
 
 
 def format_report(report: dict) -> str:
-    lines = [f"Grading {report['student']} ({report['submission']})", ""]
+    lines = [f"Grading {report['student']} ({report['submission']}); sandbox: "
+             f"{report.get('sandbox', '?')}", ""]
     width = max([len("part")] + [len(p["name"]) for p in report["parts"]])
     lines.append(f"{'part':<{width}}  {'checks':>7}  {'points':>13}  status")
     for p in report["parts"]:

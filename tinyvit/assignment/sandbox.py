@@ -218,17 +218,15 @@ class Session:
 
     # --- low level
     def _send(self, data: bytes) -> None:
-        try:
-            view = memoryview(data)
-            while view:
-                _, w, _ = select.select([], [self.req_w], [], self._left())
-                if not w:
-                    raise Timeout()
+        view = memoryview(data)
+        while view:
+            _, w, _ = select.select([], [self.req_w], [], self._left())
+            if not w:
+                raise Timeout()
+            try:
                 view = view[os.write(self.req_w, view[:1 << 16]):]
-        except (BrokenPipeError, OSError) as err:
-            if isinstance(err, Timeout):
-                raise
-            raise ChannelClosed() from None
+            except OSError:                      # the runner is gone (a broken pipe)
+                raise ChannelClosed() from None
 
     def _left(self) -> float:
         left = self.deadline - time.monotonic()
