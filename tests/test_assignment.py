@@ -80,9 +80,14 @@ def test_manifest_records_parts_points_hashes_and_stays_out_of_the_edition(small
     assert "secret" not in info and [p["name"] for p in info["parts"]] == CLASS_PARTS
 
 
-def test_blank_edition_scores_zero_and_unassigned_parts_are_not_graded(small):
+def test_blank_edition_scores_zero_and_unassigned_parts_are_not_graded(small, tmp_path, capsys):
     edition, manifest = small
-    report = grade(edition, manifest)
+    path = tmp_path / "report.json"
+    assert main(["assignment", "grade", str(edition), "--manifest", str(manifest),
+                 "--json", str(path)]) == 0
+    table = capsys.readouterr().out
+    assert re.search(r"^total\s+0 / 13.5", table, re.M) and "NotImplementedError" in table
+    report = json.loads(path.read_text())
     assert [p["name"] for p in report["parts"]] == CLASS_PARTS
     assert report["total"] == 0 and report["possible"] == 13.5
     assert report["sandbox"] in ("namespaces", "processes")

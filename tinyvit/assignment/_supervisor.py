@@ -35,7 +35,11 @@ def _stat(pid):
 def descendants(root, sessions=()):
     """Live processes whose parent chain reaches root, or whose session is in sessions."""
     tree = {}
-    for name in os.listdir("/proc"):
+    try:
+        names = os.listdir("/proc")
+    except OSError:                    # no /proc (macOS): only the process group is reached
+        return set()
+    for name in names:
         if name.isdigit():
             st = _stat(int(name))
             if st and st[2] != "Z":
@@ -101,16 +105,17 @@ def main():
     out = open(cfg["out"], "ab")
     child = subprocess.Popen(cfg["cmd"], stdin=cfg["req"], stdout=out, stderr=out,
                              pass_fds=(cfg["rep"],), env=cfg["env"], cwd=cfg["cwd"],
-                             preexec_fn=limits, close_fds=True)
+                             preexec_fn=limits, close_fds=True, start_new_session=True)
     os.close(cfg["req"])
     os.close(cfg["rep"])
-    sys.stdout.write("started\n")
+    sys.stdout.write(f"started {child.pid}\n")
     sys.stdout.flush()
     sys.stdin.readline()                                   # "stop", or EOF when the grader dies
-    try:
-        os.kill(child.pid, signal.SIGKILL)
-    except OSError:
-        pass
+    for kill in (os.killpg, os.kill):                      # its process group, then itself
+        try:
+            kill(child.pid, signal.SIGKILL)
+        except OSError:
+            pass
     n = kill_all(os.getpid(), sessions={child.pid})
     try:
         child.wait(timeout=5)

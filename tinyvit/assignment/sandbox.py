@@ -325,9 +325,12 @@ class Session:
             if not chunk:
                 break
             buf += chunk
+        sessions = {self.sup.pid}
         for line in buf.decode("ascii", "replace").splitlines():
             if line.startswith("clean"):
                 answer = line.strip()
+            elif line.startswith("started ") and line[8:].strip().isdigit():
+                sessions.add(int(line[8:]))           # the runner leads a session of its own
         if not answer.startswith("clean"):
             # the supervisor itself failed: kill it, then whatever is left in its session
             from ._supervisor import kill_all
@@ -336,7 +339,7 @@ class Session:
                 self.sup.kill()
             except OSError:
                 pass
-            kill_all(pid, sessions={pid})
+            kill_all(pid, sessions=sessions)
         try:
             self.sup.wait(timeout=10)
         except subprocess.TimeoutExpired:
