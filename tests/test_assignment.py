@@ -319,6 +319,16 @@ def test_runner_is_isolated(small, tmp_path):
         assert seen["ppid"] == 0 and seen["teacher"] is False
 
 
+def test_grader_refuses_to_run_from_a_student_edition(small):
+    edition, manifest = small
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from tinyvit.cli import main; "
+            "sys.exit(main(['assignment', 'grade', sys.argv[1], '--manifest', sys.argv[2]]))")
+    out = subprocess.run([sys.executable, "-I", "-B", "-c", code, str(edition), str(manifest)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert "not the full solution" in out.stderr and "Traceback" not in out.stderr
+
+
 def test_wire_carries_arrays_only():
     blobs = []
     with pytest.raises(_wire.WireError, match="dtype object"):

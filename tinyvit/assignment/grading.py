@@ -25,8 +25,8 @@ import numpy as np
 
 from . import sandbox
 from .checks import FORWARD_TYPE, THRESHOLD, evaluate, make_cases, score
-from .edition import (clean_edition, default_manifest, extract_zip, find_package_root,
-                      find_submissions, load_manifest, splice)
+from .edition import (PACKAGE_DIR, check_full_solution, clean_edition, default_manifest,
+                      extract_zip, find_package_root, find_submissions, load_manifest, splice)
 from .parts import PART_BY_NAME, resolve_parts, write_json_atomic
 from .student import judge_training, train_data, train_losses
 
@@ -178,6 +178,7 @@ def grade(path, manifest=None, *, student: str | None = None, parts=None,
     the sandbox alone)."""
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
         raise ValueError(f"timeout: expected a positive number of seconds, got {timeout!r}")
+    check_full_solution(PACKAGE_DIR)            # the reference must be the full solution
     if manifest is None:
         man = default_manifest(parts)
     elif isinstance(manifest, dict):
@@ -277,6 +278,7 @@ def grade_class(submissions, manifest, out_dir, *, jobs: int = 2,
     depth) into out_dir/grades.csv (a row per student, a column per part), out_dir/reports/
     <student>.json, and on request <student>.results.json (Gradescope) and <student>.txt
     (feedback). A broken submission gets a row of zeros and a note; the others go on."""
+    check_full_solution(PACKAGE_DIR)
     man = load_manifest(manifest) if not isinstance(manifest, dict) else manifest
     jobs = int(jobs)
     if not 1 <= jobs <= 2:
