@@ -227,7 +227,10 @@ to write: each raises `NotImplementedError` with a hint until you fill it in.
 Write each function's body in its file, between its docstring and the end of the function.
 Only those bodies are graded: the grader copies them into a clean copy of this edition,
 so helper functions or imports you add elsewhere are not seen (write helpers inside the
-function). Keep the signatures.
+function). Keep the signatures. A body needs NumPy, `math` and the package's own functions;
+one that imports anything else or reaches files, processes or the interpreter (`open`,
+`os`, `sys`, `importlib`, `exec`, `getattr`, ...) is flagged and scores 0 until your teacher
+has looked at it.
 
 ## Set up
 
