@@ -287,10 +287,16 @@ def test_runner_is_isolated(small, tmp_path):
             md.distribution("tinyvit"); meta = "found"
         except md.PackageNotFoundError:
             meta = "none"
+        try:
+            open(np.__file__, "ab").close()          # opening for append changes nothing
+            writable = True
+        except OSError:
+            writable = False
         print("PROBE", repr({"path": sys.path, "argv": sys.argv, "env": dict(os.environ),
                              "modules": sorted(m for m in sys.modules if "tinyvit" in m),
                              "meta": meta, "ppid": os.getppid(), "cwd": os.getcwd(),
-                             "teacher": os.path.isdir(TEACHER)}))
+                             "teacher": os.path.isdir(TEACHER), "numpy": np.__file__,
+                             "numpy_writable": writable}))
         return dout[:, 1:], dout[:, :1].sum(0, keepdims=True)'''.replace("TEACHER", repr(str(PACKAGE)))
     ed = fill(edition, tmp_path / "probe", {"cls_backward": probe})
     import time as _time
@@ -315,8 +321,11 @@ def test_runner_is_isolated(small, tmp_path):
     assert all(m == "tinyvit" or m.startswith("tinyvit.") for m in seen["modules"])
     assert "tinyvit.assignment.checks" not in seen["modules"]     # no judge in the child
     assert s.cleanup.startswith("clean")
-    if s.isolation:              # namespaces: alone in its PID namespace, the project covered
+    assert seen["numpy"].startswith(s.runtime + "/")          # the private copy
+    assert not seen["numpy"].startswith(str(Path(np.__file__).parent))
+    if s.isolation:   # namespaces: alone in its PID namespace, project covered, NumPy read-only
         assert seen["ppid"] == 0 and seen["teacher"] is False
+        assert seen["numpy_writable"] is False
 
 
 def test_grader_refuses_to_run_from_a_student_edition(small):

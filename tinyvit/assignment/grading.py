@@ -15,7 +15,6 @@ import csv
 import hashlib
 import io
 import os
-import shutil
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -70,7 +69,8 @@ def _answer(header, values):
             "message": str(header.get("message", "")), "where": header.get("where") or []}
 
 
-def grade_part(edition: Path, part_name: str, possible: float, seed, timeout: float) -> dict:
+def grade_part(edition: Path, part_name: str, possible: float, seed, timeout: float,
+               runtime: str | None = None) -> dict:
     """Grade one part of a spliced edition. Never raises for what the student's code did."""
     R = _reference()
     start = time.monotonic()
@@ -89,7 +89,8 @@ def grade_part(edition: Path, part_name: str, possible: float, seed, timeout: fl
         tuple(n for n in FORWARD_TYPE if n != part_name)
     session = None
     try:
-        session = sandbox.Session(edition, oracle=oracle, watch=watch, deadline=deadline)
+        session = sandbox.Session(edition, oracle=oracle, watch=watch, deadline=deadline,
+                                  runtime=runtime)
         head, vals = session.ready
         if head.get("op") != "ready":
             a = _answer(head, vals)
@@ -196,6 +197,11 @@ def grade(path, manifest=None, *, student: str | None = None, parts=None,
     student = student or src.stem
     work = Path(tempfile.mkdtemp(prefix="tinyvit-grade-"))
     started = time.monotonic()
+    # the shared NumPy copy is read-only inside the namespaces; without them a submission
+    # gets a copy of its own, so it cannot change what the next one runs
+    shared = sandbox.runtime_dir()
+    runtime = None if sandbox.isolation_prefix([str(work), shared], shared) else \
+        sandbox.make_runtime(work / "runtime")
     try:
         report = {"student": student, "submission": str(src), "parts": [], "notes": []}
         try:
@@ -231,12 +237,13 @@ def grade(path, manifest=None, *, student: str | None = None, parts=None,
                        "seconds": 0.0, "output": ""}
             else:
                 res = grade_part(edition, name, possible,
-                                 part_seed(man["secret"], student, name), min(timeout, left))
+                                 part_seed(man["secret"], student, name), min(timeout, left),
+                                 runtime=runtime)
             if notes and notes.get(name) and not flagged:
                 res["message"] = f"{notes[name]}; {res['message']}"
             report["parts"].append(res)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        sandbox.remove_runtime(work)
     report["total"] = round(sum(p["points"] for p in report["parts"]), 2)
     report["possible"] = round(sum(p["possible"] for p in report["parts"]), 2)
     report["threshold"] = THRESHOLD

@@ -7,9 +7,9 @@
 The runner starts with ``-I -S`` (no environment variables, no user or site packages, no
 current folder on sys.path), from the base interpreter rather than the grader's virtual
 environment, with a minimal environment, in an empty working folder, and its sys.path is
-only the student's edition, a private copy of NumPy and Pillow (the *runtime*: hard links
-or copies, so no path leads back to the grader's site-packages), and the standard
-library. Its command line holds no path: the edition and the rest of the spec arrive over
+only the student's edition, a private, read-only copy of NumPy and Pillow (the *runtime*:
+no path leads back to the grader's site-packages, and no write reaches them), and the
+standard library. Its command line holds no path: the edition and the rest of the spec arrive over
 its stdin. So neither ``sys.modules``, ``sys.path``, ``importlib.metadata``, the command
 line nor the environment leads to the teacher's package. The runner gets inputs from the
 grader, sends back arrays (the _wire format, read without pickle), and never sees an
@@ -84,19 +84,10 @@ def base_python() -> str:
 _RUNTIME = {}
 
 
-def runtime_dir() -> str:
-    """A private folder with NumPy and Pillow (hard links where possible), made once a process."""
-    if "path" in _RUNTIME and os.path.isdir(_RUNTIME["path"]):
-        return _RUNTIME["path"]
-    root = Path(tempfile.mkdtemp(prefix="tinyvit-grader-runtime-"))
-    root.chmod(0o755)
-
-    def link_or_copy(src, dst):
-        try:
-            os.link(src, dst)
-        except OSError:
-            shutil.copy2(src, dst)
-
+def make_runtime(root: Path) -> str:
+    """Copies (not links: a write through a link would reach the grader's own NumPy) of
+    NumPy and Pillow in root, made read-only."""
+    root.mkdir(parents=True, exist_ok=True)
     for name in RUNTIME_PACKAGES:
         spec = importlib.util.find_spec(name) if "." not in name else None
         if spec is not None and spec.submodule_search_locations:
@@ -107,11 +98,33 @@ def runtime_dir() -> str:
                 continue
             src = Path(list(base.submodule_search_locations)[0]).parent / name
         if src.is_dir():
-            shutil.copytree(src, root / name, copy_function=link_or_copy,
-                            ignore=shutil.ignore_patterns("tests", "*.pyi"))
-    _RUNTIME["path"] = str(root)
-    atexit.register(shutil.rmtree, str(root), True)
+            shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("tests", "*.pyi"))
+    for path in sorted(root.rglob("*"), reverse=True):
+        if not path.is_symlink():
+            path.chmod(0o555 if path.is_dir() else 0o444)
+    root.chmod(0o555)
     return str(root)
+
+
+def remove_runtime(path) -> None:
+    """Make a runtime writable again (it is read-only), then delete it."""
+    for p in [Path(path), *Path(path).rglob("*")]:
+        if p.is_dir() and not p.is_symlink():
+            try:
+                p.chmod(0o755)
+            except OSError:
+                pass
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def runtime_dir() -> str:
+    """The runtime shared by the parts graded in this process, made once."""
+    if "path" in _RUNTIME and os.path.isdir(_RUNTIME["path"]):
+        return _RUNTIME["path"]
+    root = Path(tempfile.mkdtemp(prefix="tinyvit-grader-runtime-"))
+    _RUNTIME["path"] = make_runtime(root / "rt")
+    atexit.register(remove_runtime, str(root))
+    return _RUNTIME["path"]
 
 
 # Namespaces (Linux, util-linux's unshare, unprivileged user namespaces): the runner gets
@@ -120,7 +133,9 @@ def runtime_dir() -> str:
 # mount namespace, where the teacher's project and the grader's site-packages are covered
 # by empty folders. Used when the probe succeeds; TINYVIT_GRADER_ISOLATION=processes turns
 # it off.
-_HIDE_SCRIPT = ('while [ "$1" != "--" ]; do mount -t tmpfs -o size=16k tinyvit-hidden "$1" '
+_HIDE_SCRIPT = ('rt="$1"; shift; mount --bind "$rt" "$rt" 2>/dev/null && '
+                'mount -o remount,bind,ro "$rt" 2>/dev/null; '
+                'while [ "$1" != "--" ]; do mount -t tmpfs -o size=16k tinyvit-hidden "$1" '
                 '2>/dev/null; shift; done; shift; exec "$@"')
 _ISOLATION = {}
 
@@ -154,15 +169,17 @@ def _hidden_dirs(keep) -> list[str]:
     return out
 
 
-def isolation_prefix(keep) -> list[str]:
-    """The command prefix that runs the runner in its own namespaces, or [] where that fails."""
+def isolation_prefix(keep, runtime: str = "") -> list[str]:
+    """The command prefix that runs the runner in its own namespaces (the runtime mounted
+    read-only, the teacher's folders covered), or [] where that fails."""
     if os.environ.get("TINYVIT_GRADER_ISOLATION", "") == "processes":
         return []
     unshare = shutil.which("unshare")
     if not unshare or not sys.platform.startswith("linux"):
         return []
     prefix = [unshare, "--user", "--map-root-user", "--pid", "--fork", "--mount-proc",
-              "--kill-child", "sh", "-c", _HIDE_SCRIPT, "sh", *_hidden_dirs(keep), "--"]
+              "--kill-child", "sh", "-c", _HIDE_SCRIPT, "sh", runtime or "/nonexistent",
+              *_hidden_dirs(keep), "--"]
     key = tuple(prefix)
     if key not in _ISOLATION:
         try:
@@ -184,10 +201,12 @@ def child_env(home: str) -> dict:
 class Session:
     """One runner for one part: start, call, answer the oracle, close (everything killed)."""
 
-    def __init__(self, edition, *, oracle: dict | None = None, watch=(), deadline: float):
+    def __init__(self, edition, *, oracle: dict | None = None, watch=(), deadline: float,
+                 runtime: str | None = None):
         """edition: the folder holding the spliced tinyvit/; oracle: {name: reference fn} the
         student's code may call (the part under test is never in it); deadline: a
-        time.monotonic() value after which every wait gives up."""
+        time.monotonic() value after which every wait gives up. runtime: the NumPy and Pillow
+        copy to use (default: the one shared by this process, read-only in the namespaces)."""
         self.edition = str(Path(edition).resolve())
         self.oracle = dict(oracle or {})
         self.deadline = deadline
@@ -196,7 +215,8 @@ class Session:
         req_r, self.req_w = os.pipe()
         self.rep_r, rep_w = os.pipe()
         env = child_env(self.work)
-        self.isolation = isolation_prefix([self.edition, runtime_dir(), self.work])
+        self.runtime = runtime or runtime_dir()
+        self.isolation = isolation_prefix([self.edition, self.runtime, self.work], self.runtime)
         cmd = self.isolation + [base_python(), "-I", "-S", "-B", "-c", RUNNER_SOURCE]
         self.sup = subprocess.Popen(
             [base_python(), "-I", "-S", "-B", "-c", SUPERVISOR_SOURCE],
@@ -210,7 +230,7 @@ class Session:
         os.close(rep_w)
         self.closed = False
         self.cleanup = None
-        spec = {"op": "spec", "edition": self.edition, "runtime": runtime_dir(),
+        spec = {"op": "spec", "edition": self.edition, "runtime": self.runtime,
                 "reply_fd": rep_w, "cwd": self.work, "oracle": sorted(self.oracle),
                 "watch": sorted(watch)}
         self._send(_wire.pack(dict(spec, blobs=0), []))
