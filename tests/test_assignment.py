@@ -90,7 +90,7 @@ def test_blank_edition_scores_zero_and_unassigned_parts_are_not_graded(small, tm
     report = json.loads(path.read_text())
     assert [p["name"] for p in report["parts"]] == CLASS_PARTS
     assert report["total"] == 0 and report["possible"] == 13.5
-    assert report["sandbox"] in ("namespaces", "processes")
+    assert report["sandbox"] in ("jail", "cover", "processes")
     for p in report["parts"]:
         assert p["status"] == "error" and "NotImplementedError" in p["message"]
 
@@ -296,7 +296,8 @@ def test_runner_is_isolated(small, tmp_path):
                              "modules": sorted(m for m in sys.modules if "tinyvit" in m),
                              "meta": meta, "ppid": os.getppid(), "cwd": os.getcwd(),
                              "teacher": os.path.isdir(TEACHER), "numpy": np.__file__,
-                             "numpy_writable": writable}))
+                             "numpy_writable": writable,
+                             "siblings": os.listdir(os.path.dirname(sys.path[0]))}))
         return dout[:, 1:], dout[:, :1].sum(0, keepdims=True)'''.replace("TEACHER", repr(str(PACKAGE)))
     ed = fill(edition, tmp_path / "probe", {"cls_backward": probe})
     import time as _time
@@ -317,15 +318,18 @@ def test_runner_is_isolated(small, tmp_path):
     assert seen["path"][0] == str(ed.resolve())
     assert seen["argv"] == ["-c"] and not any(teacher in v for v in seen["env"].values())
     assert set(seen["env"]) <= {"PATH", "HOME", "LANG", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-                                "MKL_NUM_THREADS", "MPLBACKEND", "PWD"}
+                                "MKL_NUM_THREADS", "MPLBACKEND", "PWD", "OLDPWD"}
     assert all(m == "tinyvit" or m.startswith("tinyvit.") for m in seen["modules"])
     assert "tinyvit.assignment.checks" not in seen["modules"]     # no judge in the child
     assert s.cleanup.startswith("clean")
     assert seen["numpy"].startswith(s.runtime + "/")          # the private copy
     assert not seen["numpy"].startswith(str(Path(np.__file__).parent))
-    if s.isolation:   # namespaces: alone in its PID namespace, project covered, NumPy read-only
+    if s.mode in ("jail", "cover"):   # alone in its PID namespace, project covered, NumPy read-only
         assert seen["ppid"] == 0 and seen["teacher"] is False
         assert seen["numpy_writable"] is False
+    if s.mode == "jail":              # a new root: beside the edition, nothing else of the disk
+        assert seen["siblings"] == ["probe"]
+        assert (tmp_path / "probe").is_dir() and len(list(tmp_path.iterdir())) >= 1
 
 
 def test_grader_refuses_to_run_from_a_student_edition(small):

@@ -140,7 +140,7 @@ def grade_part(edition: Path, part_name: str, possible: float, seed, timeout: fl
         if session is not None:
             session.close()
             output = session.output()
-            sandbox_kind = "namespaces" if session.isolation else "processes"
+            sandbox_kind = session.mode
     pts = score(checks, flags, possible)
     values = [c for c in checks if c["kind"] == "value"]
     if flags:
@@ -200,8 +200,8 @@ def grade(path, manifest=None, *, student: str | None = None, parts=None,
     # the shared NumPy copy is read-only inside the namespaces; without them a submission
     # gets a copy of its own, so it cannot change what the next one runs
     shared = sandbox.runtime_dir()
-    runtime = None if sandbox.isolation_prefix([str(work), shared], shared) else \
-        sandbox.make_runtime(work / "runtime")
+    mode, _ = sandbox.isolation_prefix([str(work), shared], shared, root=str(work / "root"))
+    runtime = None if mode != "processes" else sandbox.make_runtime(work / "runtime")
     try:
         report = {"student": student, "submission": str(src), "parts": [], "notes": []}
         try:

@@ -127,38 +127,72 @@ def runtime_dir() -> str:
     return _RUNTIME["path"]
 
 
-# Namespaces (Linux, util-linux's unshare, unprivileged user namespaces): the runner gets
+# Namespaces (Linux, util-linux's unshare, unprivileged user namespaces). The runner gets
 # its own PID namespace (it sees only its own processes: not the grader, its command line,
 # its working folder; and when it ends, the kernel ends everything inside) and its own
-# mount namespace, where the teacher's project and the grader's site-packages are covered
-# by empty folders. Used when the probe succeeds; TINYVIT_GRADER_ISOLATION=processes turns
-# it off.
-_HIDE_SCRIPT = ('rt="$1"; shift; mount --bind "$rt" "$rt" 2>/dev/null && '
-                'mount -o remount,bind,ro "$rt" 2>/dev/null; '
-                'while [ "$1" != "--" ]; do mount -t tmpfs -o size=16k tinyvit-hidden "$1" '
-                '2>/dev/null; shift; done; shift; exec "$@"')
+# mount namespace in which it is chrooted into a new root that holds only the system's
+# program folders (/usr, /lib*, /bin, /sbin, /dev, /proc), the interpreter's installation
+# (its site-packages covered by an empty folder), the edition, the runtime (read-only) and
+# its working folder: not your project, your home, your other copies, the submissions or
+# the other students' grading folders. Where chroot cannot be used, the fallback covers
+# only your project and your site-packages; where namespaces cannot be made, processes
+# only. TINYVIT_GRADER_ISOLATION=processes (or =cover) caps the mode.
+_JAIL_SCRIPT = """
+root="$1"; rt="$2"; chroot_bin="$3"; shift 3
+mkdir -p "$root" && mount -t tmpfs -o size=4m tinyvit-root "$root" || exit 96
+while [ "$1" != "--" ]; do
+  if [ -d "$1" ]; then mkdir -p "$root$1" && mount --rbind "$1" "$root$1" || exit 96; fi
+  shift
+done
+shift
+while [ "$1" != "--" ]; do
+  if [ -d "$root$1" ]; then mount -t tmpfs -o size=16k tinyvit-hidden "$root$1" || exit 96; fi
+  shift
+done
+shift
+mount -o remount,bind,ro "$root$rt" || exit 96
+mkdir -p "$root/tmp"
+cd / && exec "$chroot_bin" "$root" "$@"
+"""
+_COVER_SCRIPT = ('rt="$1"; shift; mount --bind "$rt" "$rt" 2>/dev/null && '
+                 'mount -o remount,bind,ro "$rt" 2>/dev/null; '
+                 'while [ "$1" != "--" ]; do mount -t tmpfs -o size=16k tinyvit-hidden "$1" '
+                 '2>/dev/null; shift; done; shift; exec "$@"')
+SYSTEM_DIRS = ("/usr", "/lib", "/lib32", "/lib64", "/libx32", "/bin", "/sbin", "/dev", "/proc")
 _ISOLATION = {}
+
+
+def _python_dirs() -> list[Path]:
+    """The interpreter's installation and standard library (what the runner needs of it)."""
+    dirs = [Path(base_python()).parent, Path(os.__file__).resolve().parent,
+            Path(sys.base_prefix).resolve()]
+    for mod in ("_ctypes", "_json", "math"):                    # extension modules
+        spec = importlib.util.find_spec(mod)
+        if spec is not None and spec.origin and os.path.isabs(spec.origin):
+            dirs.append(Path(spec.origin).resolve().parent)
+    return dirs
+
+
+def _site_dirs() -> set:
+    import site
+    out = set()
+    try:
+        out.update(Path(p).resolve() for p in site.getsitepackages())
+        out.add(Path(site.getusersitepackages()).resolve())
+    except (AttributeError, OSError):
+        pass
+    out.add(Path(os.__file__).resolve().parent / "site-packages")
+    return out
 
 
 def _hidden_dirs(keep) -> list[str]:
     """The teacher's project, the grader's virtual environment and site-packages; never a
     folder holding what the runner needs (the edition, the runtime, the interpreter and its
     standard library)."""
-    import site
-    cands = {Path(__file__).resolve().parents[2]}
+    cands = {Path(__file__).resolve().parents[2]} | _site_dirs()
     if sys.prefix != sys.base_prefix:                   # a virtual environment
         cands.add(Path(sys.prefix).resolve())
-    try:
-        cands.update(Path(p).resolve() for p in site.getsitepackages())
-        cands.add(Path(site.getusersitepackages()).resolve())
-    except (AttributeError, OSError):
-        pass
-    keep = [Path(k).resolve() for k in keep] + [Path(base_python()).parent]
-    keep.append(Path(os.__file__).resolve().parent)             # the standard library
-    for mod in ("_ctypes", "_json", "math"):                    # and its extension modules
-        spec = importlib.util.find_spec(mod)
-        if spec is not None and spec.origin and os.path.isabs(spec.origin):
-            keep.append(Path(spec.origin).resolve().parent)
+    keep = [Path(k).resolve() for k in keep] + _python_dirs()
     out = []
     for c in sorted(cands):
         if len(c.parts) < 3 or not c.is_dir():
@@ -169,27 +203,50 @@ def _hidden_dirs(keep) -> list[str]:
     return out
 
 
-def isolation_prefix(keep, runtime: str = "") -> list[str]:
-    """The command prefix that runs the runner in its own namespaces (the runtime mounted
-    read-only, the teacher's folders covered), or [] where that fails."""
-    if os.environ.get("TINYVIT_GRADER_ISOLATION", "") == "processes":
-        return []
-    unshare = shutil.which("unshare")
-    if not unshare or not sys.platform.startswith("linux"):
-        return []
-    prefix = [unshare, "--user", "--map-root-user", "--pid", "--fork", "--mount-proc",
-              "--kill-child", "sh", "-c", _HIDE_SCRIPT, "sh", runtime or "/nonexistent",
-              *_hidden_dirs(keep), "--"]
-    key = tuple(prefix)
-    if key not in _ISOLATION:
+def _jail_args(root: str, runtime: str, keep) -> list[str]:
+    chroot_bin = shutil.which("chroot", path="/usr/sbin:/sbin:/usr/bin:/bin") or "chroot"
+    binds = [d for d in SYSTEM_DIRS if os.path.isdir(d)]
+    binds += sorted({str(p) for p in _python_dirs()})
+    binds += [str(Path(k).resolve()) for k in keep]
+    covered = sorted(str(p) for p in _site_dirs() if p.is_dir())
+    return ["sh", "-c", _JAIL_SCRIPT, "sh", root, runtime, chroot_bin, *binds, "--",
+            *covered, "--"]
+
+
+def _probe(mode: str, prefix: list[str]) -> bool:
+    if mode not in _ISOLATION:
         try:
             probe = prefix + [base_python(), "-I", "-S", "-c", "import sys; sys.exit(7)"]
-            ok = subprocess.run(probe, capture_output=True, timeout=20,
-                                stdin=subprocess.DEVNULL).returncode == 7
+            _ISOLATION[mode] = subprocess.run(probe, capture_output=True, timeout=20,
+                                              stdin=subprocess.DEVNULL).returncode == 7
         except (OSError, subprocess.SubprocessError):
-            ok = False
-        _ISOLATION[key] = ok
-    return prefix if _ISOLATION[key] else []
+            _ISOLATION[mode] = False
+    return _ISOLATION[mode]
+
+
+def isolation_prefix(keep, runtime: str = "", root: str = "") -> tuple[str, list[str]]:
+    """(mode, the command prefix that runs the runner in its own namespaces): mode "jail"
+    (a new root with only what the runner needs; root: an empty folder for it), "cover"
+    (the teacher's folders covered), or ("processes", []) where namespaces fail."""
+    cap = os.environ.get("TINYVIT_GRADER_ISOLATION", "")
+    unshare = shutil.which("unshare")
+    if cap == "processes" or not unshare or not sys.platform.startswith("linux"):
+        return "processes", []
+    ns = [unshare, "--user", "--map-root-user", "--pid", "--fork", "--mount-proc", "--kill-child"]
+    if cap != "cover" and root:
+        probe_root = tempfile.mkdtemp(prefix="tinyvit-probe-")
+        try:
+            ok = _probe("jail", ns + _jail_args(os.path.join(probe_root, "root"), probe_root,
+                                                [probe_root]))
+        finally:
+            shutil.rmtree(probe_root, ignore_errors=True)
+        if ok:
+            return "jail", ns + _jail_args(root, runtime, keep)
+    cover = ns + ["sh", "-c", _COVER_SCRIPT, "sh", runtime or "/nonexistent",
+                  *_hidden_dirs(keep), "--"]
+    if _probe("cover", ns + ["sh", "-c", _COVER_SCRIPT, "sh", "/nonexistent", "--"]):
+        return "cover", cover
+    return "processes", []
 
 
 def child_env(home: str) -> dict:
@@ -216,7 +273,9 @@ class Session:
         self.rep_r, rep_w = os.pipe()
         env = child_env(self.work)
         self.runtime = runtime or runtime_dir()
-        self.isolation = isolation_prefix([self.edition, self.runtime, self.work], self.runtime)
+        self.mode, self.isolation = isolation_prefix(
+            [self.edition, self.runtime, self.work], self.runtime,
+            root=os.path.join(self.work, "root"))
         cmd = self.isolation + [base_python(), "-I", "-S", "-B", "-c", RUNNER_SOURCE]
         self.sup = subprocess.Popen(
             [base_python(), "-I", "-S", "-B", "-c", SUPERVISOR_SOURCE],
