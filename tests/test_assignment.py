@@ -297,7 +297,9 @@ def test_runner_is_isolated(small, tmp_path):
                              "meta": meta, "ppid": os.getppid(), "cwd": os.getcwd(),
                              "teacher": os.path.isdir(TEACHER), "numpy": np.__file__,
                              "numpy_writable": writable,
-                             "siblings": os.listdir(os.path.dirname(sys.path[0]))}))
+                             "siblings": os.listdir(os.path.dirname(sys.path[0])),
+                             "net": [ln.split(":")[0].strip() for ln in
+                                     open("/proc/net/dev").read().splitlines()[2:]]}))
         return dout[:, 1:], dout[:, :1].sum(0, keepdims=True)'''.replace("TEACHER", repr(str(PACKAGE)))
     ed = fill(edition, tmp_path / "probe", {"cls_backward": probe})
     import time as _time
@@ -327,6 +329,7 @@ def test_runner_is_isolated(small, tmp_path):
     if s.mode in ("jail", "cover"):   # alone in its PID namespace, project covered, NumPy read-only
         assert seen["ppid"] == 0 and seen["teacher"] is False
         assert seen["numpy_writable"] is False
+        assert seen["net"] == ["lo"]                            # no network
     if s.mode == "jail":              # a new root: beside the edition, nothing else of the disk
         assert seen["siblings"] == ["probe"]
         assert (tmp_path / "probe").is_dir() and len(list(tmp_path.iterdir())) >= 1

@@ -128,7 +128,7 @@ def runtime_dir() -> str:
 
 
 # Namespaces (Linux, util-linux's unshare, unprivileged user namespaces). The runner gets
-# its own PID namespace (it sees only its own processes: not the grader, its command line,
+# its own network namespace (no network) and PID namespace (it sees only its own processes: not the grader, its command line,
 # its working folder; and when it ends, the kernel ends everything inside) and its own
 # mount namespace in which it is chrooted into a new root that holds only the system's
 # program folders (/usr, /lib*, /bin, /sbin, /dev, /proc), the interpreter's installation
@@ -232,7 +232,8 @@ def isolation_prefix(keep, runtime: str = "", root: str = "") -> tuple[str, list
     unshare = shutil.which("unshare")
     if cap == "processes" or not unshare or not sys.platform.startswith("linux"):
         return "processes", []
-    ns = [unshare, "--user", "--map-root-user", "--pid", "--fork", "--mount-proc", "--kill-child"]
+    ns = [unshare, "--user", "--map-root-user", "--net", "--pid", "--fork", "--mount-proc",
+          "--kill-child"]
     if cap != "cover" and root:
         probe_root = tempfile.mkdtemp(prefix="tinyvit-probe-")
         try:
