@@ -278,8 +278,11 @@ def test_splice_takes_only_the_assigned_bodies(small, tmp_path):
     assert "x * 0" not in got and "def helper" not in got and "import os" not in got
 
 
-def test_runner_is_isolated(small, tmp_path):
-    """What the child sees: no path to the teacher's package, no grader modules, no metadata."""
+@pytest.mark.parametrize("cap", ["", "cover", "processes"])
+def test_runner_is_isolated(small, tmp_path, monkeypatch, cap):
+    """What the child sees: no path to the teacher's package, no grader modules, no metadata;
+    in each sandbox mode (the best one here, and the two fallbacks)."""
+    monkeypatch.setenv("TINYVIT_GRADER_ISOLATION", cap)
     edition, _ = small
     probe = '''
         import sys, os, importlib.metadata as md
