@@ -235,13 +235,14 @@ def isolation_prefix(keep, runtime: str = "", root: str = "") -> tuple[str, list
     ns = [unshare, "--user", "--map-root-user", "--net", "--pid", "--fork", "--mount-proc",
           "--kill-child"]
     if cap != "cover" and root:
-        probe_root = tempfile.mkdtemp(prefix="tinyvit-probe-")
-        try:
-            ok = _probe("jail", ns + _jail_args(os.path.join(probe_root, "root"), probe_root,
-                                                [probe_root]))
-        finally:
-            shutil.rmtree(probe_root, ignore_errors=True)
-        if ok:
+        if "jail" not in _ISOLATION:
+            probe_root = tempfile.mkdtemp(prefix="tinyvit-probe-")
+            try:
+                _probe("jail", ns + _jail_args(os.path.join(probe_root, "root"), probe_root,
+                                               [probe_root]))
+            finally:
+                shutil.rmtree(probe_root, ignore_errors=True)
+        if _ISOLATION["jail"]:
             return "jail", ns + _jail_args(root, runtime, keep)
     cover = ns + ["sh", "-c", _COVER_SCRIPT, "sh", runtime or "/nonexistent",
                   *_hidden_dirs(keep), "--"]
@@ -280,7 +281,8 @@ class Session:
         cmd = self.isolation + [base_python(), "-I", "-S", "-B", "-c", RUNNER_SOURCE]
         self.sup = subprocess.Popen(
             [base_python(), "-I", "-S", "-B", "-c", SUPERVISOR_SOURCE],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None if os.environ.get("TINYVIT_GRADER_DEBUG") else subprocess.DEVNULL,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=None if os.environ.get("TINYVIT_GRADER_DEBUG") else subprocess.DEVNULL,
             pass_fds=(req_r, rep_w), env=env, cwd=self.work, start_new_session=True)
         self.sup.stdin.write((json.dumps({"cmd": cmd, "env": env, "cwd": self.work, "req": req_r,
                                           "rep": rep_w, "out": self.out_path,
@@ -293,8 +295,12 @@ class Session:
         spec = {"op": "spec", "edition": self.edition, "runtime": self.runtime,
                 "reply_fd": rep_w, "cwd": self.work, "oracle": sorted(self.oracle),
                 "watch": sorted(watch)}
-        self._send(_wire.pack(dict(spec, blobs=0), []))
-        self.ready = self._receive_answer()
+        try:
+            self._send(_wire.pack(dict(spec, blobs=0), []))
+            self.ready = self._receive_answer()
+        except BaseException:
+            self.close()                         # nothing may outlive a failed start
+            raise
 
     # --- low level
     def _send(self, data: bytes) -> None:
