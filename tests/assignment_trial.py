@@ -446,6 +446,10 @@ ATTEMPTS = [
         return g"""),
     ("A13", "pos_backward", "return nothing useful: zeros of the right shapes", """
         return np.zeros_like(dout), np.zeros((1,) + dout.shape[1:], dout.dtype)"""),
+    ("A14", "mlp_backward", "make the grader's helper compute 1e10 numbers (out of memory)", """
+        big = np.ones((100000, 1))
+        linear_backward(big, (big, np.ones((1, 100000))))
+        return linear_backward(dout, cache[2])"""),
 ]
 SANDBOX_ONLY = {"A01", "A02", "A03", "A04", "A05", "A06", "A07", "A11"}   # also graded unscreened
 

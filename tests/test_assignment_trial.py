@@ -54,6 +54,8 @@ def test_every_attempt_scores_zero_or_is_flagged(trial):
     assert "linear_forward" in flagged["A08"]["message"] and "times" in flagged["A08"]["message"]
     assert "difference quotient" in flagged["A09"]["message"]
     assert "gelu_forward 2 times" in flagged["A10"]["message"]
+    a14 = [r for r in attempts if r["id"] == "A14"][0]       # refused, and the grader lived
+    assert a14["points"] == 0 and "do not follow linear_backward's contract" in a14["message"]
     # without the screen the sandbox alone holds: no attempt earns a point
     alone = {r["id"]: r for r in attempts if not r["screen"]}
     assert set(alone) == T.SANDBOX_ONLY and all(r["points"] == 0 for r in alone.values())

@@ -261,12 +261,15 @@ class Session:
     """One runner for one part: start, call, answer the oracle, close (everything killed)."""
 
     def __init__(self, edition, *, oracle: dict | None = None, watch=(), deadline: float,
-                 runtime: str | None = None):
+                 runtime: str | None = None, oracle_check=None):
         """edition: the folder holding the spliced tinyvit/; oracle: {name: reference fn} the
         student's code may call (the part under test is never in it); deadline: a
         time.monotonic() value after which every wait gives up. runtime: the NumPy and Pillow
-        copy to use (default: the one shared by this process, read-only in the namespaces)."""
+        copy to use (default: the one shared by this process, read-only in the namespaces).
+        oracle_check(name, args, kwargs) -> bool: whether to serve an oracle request (the
+        student's code chose its arguments; the reference runs here)."""
         self.edition = str(Path(edition).resolve())
+        self.oracle_check = oracle_check
         self.oracle = dict(oracle or {})
         self.deadline = deadline
         self.work = tempfile.mkdtemp(prefix="tinyvit-grade-part-")
@@ -351,8 +354,14 @@ class Session:
             if name not in self.oracle:
                 self._send(_wire.message({"op": "refused", "message": f"{name!r} is not served"}))
                 continue
+            args, kwargs = values.get("args", []), values.get("kwargs", {})
+            if not isinstance(args, list) or not isinstance(kwargs, dict) or (
+                    self.oracle_check is not None and not self.oracle_check(name, args, kwargs)):
+                self._send(_wire.message({"op": "refused", "message":
+                                          f"arguments that do not follow {name}'s contract"}))
+                continue
             try:
-                value = self.oracle[name](*values.get("args", []), **values.get("kwargs", {}))
+                value = self.oracle[name](*args, **kwargs)
                 reply = _wire.message({"op": "value"}, value=value)
             except Exception as err:                   # bad arguments from the student's code
                 reply = _wire.message({"op": "failed", "message": f"{type(err).__name__}: {err}"})
