@@ -15,7 +15,7 @@ import struct
 
 import numpy as np
 
-MAX_MESSAGE = 1 << 29            # bytes; a larger message is refused before it is read
+MAX_MESSAGE = 1 << 27            # bytes; a larger message is refused before it is read
 _LEN = struct.Struct(">Q")
 
 

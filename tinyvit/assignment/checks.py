@@ -469,7 +469,13 @@ def evaluate(case: dict, answer: dict, R=None) -> tuple[list, list]:
     if case.get("cache_check") is not None and len(outs) == 1:
         cc = case["cache_check"]
         cache = value[1]
-        if R is not None:
+        ref_shapes = [np.shape(x) for _, x in _leaves(cc["reference_cache"])]
+        if not (isinstance(cache, tuple) and len(cache) == len(ref_shapes) and all(
+                isinstance(c, np.ndarray) and c.dtype.kind == "f" and c.shape == shape
+                for c, shape in zip(cache, ref_shapes))):
+            ok, why = False, ("expected a tuple of arrays shaped " +
+                              ", ".join(str(sh) for sh in ref_shapes))
+        elif R is not None:
             try:
                 got = list(getattr(R, cc["backward"])(np.asarray(cc["dout"]), cache))
                 ok = all(rel_error(g, w) < 1e-9 for g, w in zip(got, cc["want"]))
