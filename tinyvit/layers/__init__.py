@@ -11,9 +11,9 @@ has the same functions with speed tricks, tested equal to these.
 
 from .attention import (attention_backward, attention_forward, merge_heads, softmax,
                         softmax_backward, softmax_forward, split_heads)
-from .block import (BLOCK_PARAMS, block_backward, block_forward, block_param_shapes,
-                    layerscale_block_backward, layerscale_block_forward)
+from .block import BLOCK_PARAMS, block_backward, block_forward, block_param_shapes
 from .layernorm import EPS, layernorm_backward, layernorm_forward
+from .layerscale import layerscale_block_backward, layerscale_block_forward
 from .linear import linear_backward, linear_forward
 from .loss import log_softmax, softmax_cross_entropy
 from .mlp import erf, gelu_backward, gelu_forward, mlp_backward, mlp_forward
