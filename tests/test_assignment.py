@@ -105,6 +105,20 @@ def test_grading_refuses_when_the_teachers_package_changed(small, tmp_path):
         grade(edition, bad)
 
 
+def test_grading_without_a_manifest_gives_no_free_points(small, tmp_path):
+    """What was assigned comes from the manifest: without one beside the submission (or
+    --parts), grade refuses instead of grading every part (the unassigned ones are complete
+    in the edition, so they would score full points)."""
+    edition, manifest = small
+    copy = tmp_path / "sub"
+    shutil.copytree(edition, copy)
+    with pytest.raises(ValueError, match="manifest: expected the manifest build wrote"):
+        grade(copy)
+    shutil.copyfile(manifest, tmp_path / "sub.manifest.json")      # where build writes it
+    report = grade(copy)
+    assert [p["name"] for p in report["parts"]] == CLASS_PARTS and report["total"] == 0
+
+
 def test_class_workflow_csv_gradescope_feedback(small, tmp_path):
     edition, manifest = small
     subs = tmp_path / "subs"

@@ -109,7 +109,8 @@ def add_command(subparsers) -> None:
     g = sub.add_parser("grade", help="grade one submission (a folder or a zip)")
     g.add_argument("path", metavar="SUBMISSION")
     g.add_argument("--manifest", metavar="FILE", default=None,
-                   help="the manifest build wrote (default: every part, default points)")
+                   help="the manifest build wrote (default: SUBMISSION.manifest.json beside "
+                        "the submission; without one, --parts must say what to grade)")
     g.add_argument("--student", default=None, help="the id that seeds the hidden checks "
                                                    "(default: the submission's name)")
     g.add_argument("--parts", nargs="+", metavar="PART", default=None)

@@ -245,14 +245,25 @@ def grade(path, manifest=None, *, student: str | None = None, parts=None,
           screen: bool = True) -> dict:
     """Grade one submission (a folder holding tinyvit/, at any depth, or a zip).
 
-    manifest: the path (or dict) written by build; None grades every part (or ``parts``)
-    with the default points. student: the id that seeds the hidden cases (default: the
+    manifest: the path (or dict) written by build; None looks for SUBMISSION.manifest.json
+    beside the submission, or grades exactly ``parts`` with the default points when they are
+    given; with neither, a ValueError (every part would give unassigned parts free points). student: the id that seeds the hidden cases (default: the
     submission's name). screen: flag bodies that reach files, processes or the interpreter
     (edition.screen_body); False grades them in the sandbox like any other (for testing
     the sandbox alone)."""
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
         raise ValueError(f"timeout: expected a positive number of seconds, got {timeout!r}")
     check_full_solution(PACKAGE_DIR)            # the reference must be the full solution
+    if manifest is None and parts is None:
+        # What was assigned is the manifest's to say: grading every part would give parts
+        # the edition left complete (unassigned) their full points.
+        beside = Path(path).expanduser().resolve()
+        beside = beside.with_name(beside.name.removesuffix(".zip") + ".manifest.json")
+        if not beside.is_file():
+            raise ValueError(f"manifest: expected the manifest build wrote (--manifest FILE; it "
+                             f"records the assigned parts and points) or the parts to grade "
+                             f"(--parts), got neither (no {beside.name} beside the submission)")
+        manifest = beside
     if manifest is None:
         man = default_manifest(parts)
     elif isinstance(manifest, dict):
