@@ -39,12 +39,13 @@ def _write_text(path: Path, text: str) -> None:
         raise
 
 
-def _held_out(checkpoint: str, data_dir):
-    """(checkpoint, its held-out dataset, normalize) for a tinyvit checkpoint."""
+def held_out_part(checkpoint, data_dir=None):
+    """(checkpoint, the held-out part of the dataset it was trained on, its normalize setting)
+    for a tinyvit checkpoint (a file or a run directory); data_dir overrides the stored one."""
     from .checkpoint import load_checkpoint
     from .cli import CLIError, SHAPES_N_TRAIN, SHAPES_N_VAL, _load_data, _resolve_checkpoint
 
-    path = _resolve_checkpoint(checkpoint)
+    path = _resolve_checkpoint(str(checkpoint))
     ck = load_checkpoint(path)
     spec = dict(ck.meta.get("dataset") or {})
     if "name" not in spec:
@@ -82,7 +83,7 @@ def cmd_explain(args) -> int:
     if args.held_out:
         if args.images:
             raise CLIError("--held-out: give either image files or --held-out N, not both")
-        ck, ds, normalize = _held_out(args.checkpoint, args.data_dir)
+        ck, ds, normalize = held_out_part(args.checkpoint, args.data_dir)
         from .train import normalize_images
         model, names = ck.model(), ck.class_names
         n = min(args.held_out, len(ds))
@@ -155,7 +156,7 @@ def _jsonable(obj):
 def cmd_faithfulness(args) -> int:
     from .faithfulness import METRICS, faithfulness_table, format_table, plot_curves
 
-    ck, ds, normalize = _held_out(args.checkpoint, args.data_dir)
+    ck, ds, normalize = held_out_part(args.checkpoint, args.data_dir)
     model = ck.model()
     n = len(ds) if args.images is None else min(args.images, len(ds))
     masks, mask_kind = _masks_of(ds, None if args.ink is None or args.ink < 0 else args.ink)
