@@ -190,3 +190,21 @@ def test_explain_command_held_out_and_files(tmp_path, capsys, monkeypatch):
     assert main(["explain", str(ck), str(tmp_path / "a.png"), "--class", "6"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--class" in err and "[0, 5]" in err
+
+
+def test_explain_command_reads_a_google_vit_file(tmp_path, capsys):
+    # A Google-layout .npz (written by tinyvit.interop) goes through the same loader as
+    # `tinyvit predict`; every map is drawn, flow included (the model is small).
+    from PIL import Image
+    from tinyvit.interop import save_google_vit
+    cfg = ViTConfig(image_size=16, in_channels=3, patch_size=8, dim=16, depth=2, heads=2, mlp_dim=32,
+                    num_classes=5, seed=1)
+    save_google_vit(ViT(cfg), tmp_path / "vit.npz")
+    img = (np.random.default_rng(1).random((24, 24, 3)) * 255).astype(np.uint8)
+    Image.fromarray(img).save(tmp_path / "b.png")
+    capsys.readouterr()
+    assert main(["explain", str(tmp_path / "vit.npz"), str(tmp_path / "b.png"),
+                 "--out", str(tmp_path / "maps")]) == 0
+    out = capsys.readouterr().out
+    assert "flow" in out.split("Spearman with occlusion")[1] and "skipped" not in out
+    assert (tmp_path / "maps" / "b_maps.png").read_bytes()[:4] == b"\x89PNG"

@@ -39,7 +39,7 @@ from .viz import _attn_array, _grid, attention_rollout, cls_attention
 
 __all__ = ["METHODS", "ATTENTION_METHODS", "GRADIENT_METHODS", "max_flow", "attention_flow",
            "gradient_weighted_attention", "pool_to_patches", "occlusion_drops", "replace_patches",
-           "attribution_maps", "method_label", "plot_attribution_maps"]
+           "attribution_maps", "method_label", "plot_attribution_maps", "forward_chunk"]
 
 METHODS = ("cls_attention", "cls_attention_mean", "rollout", "flow", "grad_attention",
            "input_grad", "grad_x_input", "occlusion")
@@ -282,8 +282,18 @@ def replace_patches(images, keep, patch_size: int, baseline: float = 0.0) -> np.
     return np.where(pix[..., None], images, np.asarray(baseline, dtype=images.dtype)).astype(images.dtype)
 
 
-def _class_logits(model, images, classes, chunk: int = 512) -> np.ndarray:
+def forward_chunk(model) -> int:
+    """How many images one forward should take so its cache (every block's activations and
+    attention) stays near 256 MB: 512 for tinyvit's small models, 1 for a ViT-B/16 at 224."""
+    cfg = model.config
+    T, D, M = cfg.num_tokens, cfg.dim, cfg.mlp_dim
+    per_image = cfg.depth * (2 * cfg.heads * T * T + 8 * T * D + 3 * T * M) * np.dtype(cfg.dtype).itemsize
+    return int(min(512, max(1, 2 ** 28 // per_image)))
+
+
+def _class_logits(model, images, classes, chunk: int | None = None) -> np.ndarray:
     """logit of class classes[b] for images[b], computed ``chunk`` images at a time -> (B,)."""
+    chunk = chunk or forward_chunk(model)
     out = []
     for s in range(0, images.shape[0], chunk):
         z = model(images[s:s + chunk])
@@ -291,22 +301,26 @@ def _class_logits(model, images, classes, chunk: int = 512) -> np.ndarray:
     return np.concatenate(out).astype(np.float64)
 
 
-def occlusion_drops(model, images, classes, baseline: float = 0.0, chunk: int = 512) -> np.ndarray:
+def occlusion_drops(model, images, classes, baseline: float = 0.0, chunk: int | None = None) -> np.ndarray:
     """For every patch n: logit_c(x) - logit_c(x with patch n set to ``baseline``) -> (B, N).
 
     images   (B, H, W, C) as the model takes them (normalised)
     classes  (B,) the class whose logit is followed
     baseline the value a removed patch holds. 0 in the model's input space is the
              image's mean for images normalised per image (tinyvit train's default)
+    The occluded images are made ``chunk`` at a time (default: forward_chunk(model)).
     """
     B = images.shape[0]
     N = model.config.num_patches
+    chunk = chunk or forward_chunk(model)
     base = _class_logits(model, images, classes, chunk)                             # (B,)
     keep = ~np.eye(N, dtype=bool)                                                   # (N, N) row n: all but n
-    occluded = replace_patches(np.repeat(images, N, axis=0), np.tile(keep, (B, 1)),
-                               model.config.patch_size, baseline)                   # (B*N, H, W, C)
-    z = _class_logits(model, occluded, np.repeat(classes, N), chunk).reshape(B, N)
-    return base[:, None] - z
+    drops = np.empty(B * N)
+    for s in range(0, B * N, chunk):                 # occluded image s is image s // N without patch s % N
+        idx = np.arange(s, min(s + chunk, B * N))
+        occluded = replace_patches(images[idx // N], keep[idx % N], model.config.patch_size, baseline)
+        drops[idx] = base[idx // N] - _class_logits(model, occluded, classes[idx // N], chunk)
+    return drops.reshape(B, N)
 
 
 # =========================================================== all methods on a model

@@ -33,7 +33,7 @@ import time
 import numpy as np
 
 from ._checks import check_array, check_float, check_int
-from .explain import METHODS, _class_logits, attribution_maps, replace_patches
+from .explain import METHODS, attribution_maps, forward_chunk, replace_patches
 from .model import ViT, init_params
 from .viz import localisation_score
 
@@ -97,7 +97,8 @@ def _order(maps: np.ndarray, rng) -> np.ndarray:
     return np.lexsort((tie, -maps), axis=1)
 
 
-def _softmax_prob(model, images, classes, chunk=512) -> np.ndarray:
+def _softmax_prob(model, images, classes, chunk=None) -> np.ndarray:
+    chunk = chunk or forward_chunk(model)
     out = []
     for s in range(0, images.shape[0], chunk):
         z = model(images[s:s + chunk]).astype(np.float64)
@@ -109,7 +110,7 @@ def _softmax_prob(model, images, classes, chunk=512) -> np.ndarray:
 
 
 def deletion_insertion(model, images, classes, maps, baseline: float = 0.0, seed: int = 0,
-                       chunk: int = 512):
+                       chunk: int | None = None):
     """Deletion and insertion curves of the class probability -> (deletion (B, N+1), insertion (B, N+1)).
 
     images   (B, H, W, C) as the model takes them; classes (B,); maps (B, N) or (B, gh, gw)
