@@ -169,21 +169,22 @@ print("saved", FIGURES / "09_maps_cls_0.png")
 results = {}
 
 
-def table(name):
+def table(name, title):
+    """The table for one model (printed), and its deletion / insertion curves (saved)."""
     r = runs[name]
-    res = faithfulness.faithfulness_table(r["model"], r["ds"].images, r["normalize"], r["ds"].masks
-                                          if r["ds"].masks is not None else r["ds"].images[..., 0] > 0.5,
+    masks = r["ds"].masks if r["ds"].masks is not None else r["ds"].images[..., 0] > 0.5   # MNIST: ink
+    res = faithfulness.faithfulness_table(r["model"], r["ds"].images, r["normalize"], masks,
                                           randomization_images=RANDOMIZATION_IMAGES)
     results[name] = res
     print(f"{name}: {res['images']} images")
     print(faithfulness.format_table(res))
-    return res
+    faithfulness.plot_curves(res, title=f"{title}: deletion and insertion ({res['images']} held-out images)",
+                             save=FIGURES / f"09_curves_{name}.png")
+    print("saved", FIGURES / f"09_curves_{name}.png")
+    return res["rows"]
 
 
-res = table("cls")
-faithfulness.plot_curves(res, title=f"pool=cls model: deletion and insertion ({res['images']} held-out images)",
-                         save=FIGURES / "09_curves_cls.png")
-rows = res["rows"]
+rows = table("cls", "pool=cls model")
 best = max((m for m in explain.METHODS if m != "occlusion"), key=lambda m: rows[m]["spearman_occlusion"])
 print(f"closest to occlusion: {best} (Spearman {rows[best]['spearman_occlusion']:.3f}); "
       f"raw CLS attention, head mean {rows['cls_attention_mean']['spearman_occlusion']:.3f}, "
@@ -192,8 +193,8 @@ print(f"closest to occlusion: {best} (Spearman {rows[best]['spearman_occlusion']
 print(f"deletion AUC: occlusion {rows['occlusion']['deletion_auc']:.3f}, "
       f"gradient-weighted attention {rows['grad_attention']['deletion_auc']:.3f}, "
       f"rollout {rows['rollout']['deletion_auc']:.3f}, random {rows['random']['deletion_auc']:.3f}")
-print("randomisation, Spearman after re-initialising every block:")
-for lv, per in res["randomization"].items():
+print("randomisation check, Spearman of original and randomised maps, level by level:")
+for lv, per in results["cls"]["randomization"].items():
     print(f"  {lv:<22}" + "  ".join(f"{m} {v:+.2f}" for m, v in per.items()))
 
 # %% [markdown]
@@ -211,10 +212,7 @@ for lv, per in res["randomization"].items():
 # explain a decision the CLS token takes no part in?
 
 # %%
-res = table("mean")
-faithfulness.plot_curves(res, title=f"pool=mean model: deletion and insertion ({res['images']} held-out images)",
-                         save=FIGURES / "09_curves_mean.png")
-rows_m = res["rows"]
+rows_m = table("mean", "pool=mean model")
 print(f"Spearman with occlusion, pool=mean: head-mean attention {rows_m['cls_attention_mean']['spearman_occlusion']:.3f}, "
       f"rollout {rows_m['rollout']['spearman_occlusion']:.3f}, "
       f"gradient-weighted attention {rows_m['grad_attention']['spearman_occlusion']:.3f} "
@@ -232,10 +230,7 @@ print(f"Spearman with occlusion, pool=mean: head-mean attention {rows_m['cls_att
 
 # %%
 if HAVE_MNIST:
-    res = table("mnist")
-    faithfulness.plot_curves(res, title=f"MNIST: deletion and insertion ({res['images']} held-out images)",
-                             save=FIGURES / "09_curves_mnist.png")
-    rows_n = res["rows"]
+    rows_n = table("mnist", "MNIST")
     print(f"MNIST Spearman with occlusion: head-mean attention {rows_n['cls_attention_mean']['spearman_occlusion']:.3f}, "
           f"rollout {rows_n['rollout']['spearman_occlusion']:.3f}, "
           f"gradient-weighted attention {rows_n['grad_attention']['spearman_occlusion']:.3f}")
