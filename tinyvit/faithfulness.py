@@ -329,7 +329,8 @@ def format_table(result: dict, metrics=METRICS) -> str:
         for k in metrics:
             v = row.get(k, float("nan"))
             cells.append("n/a" if not np.isfinite(v) else f"{v:.3f}")
-        lines.append(f"| {method_label(m)} | " + " | ".join(cells) + " |")
+        label = method_label(m).replace("|", "\\|")        # "|input gradient|" inside a table cell
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
