@@ -328,7 +328,7 @@ def format_table(result: dict, metrics=METRICS) -> str:
         cells = []
         for k in metrics:
             v = row.get(k, float("nan"))
-            cells.append("n/a" if not np.isfinite(v) else f"{v:.3f}")
+            cells.append("n/a" if v is None or not np.isfinite(v) else f"{v:.3f}")
         label = method_label(m).replace("|", "\\|")        # "|input gradient|" inside a table cell
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
