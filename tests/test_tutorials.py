@@ -24,6 +24,8 @@ PROMISED = {
                                 "08_rollout_cls_0.png", "08_rollout_cls_1.png", "08_rollout_cls_2.png",
                                 "08_rollout_mean_0.png", "08_rollout_mean_patches_0.png",
                                 "08_pos_embed_trained.png"],
+    "09_is_the_cls_map_telling_the_truth.py": ["09_maps_cls_0.png", "09_curves_cls.png", "09_curves_mean.png",
+                                               "09_disagree.png"],
     "11_cls_token_as_a_regressor.py": ["11_boxes.png", "11_iou_vs_giou.png", "11_box_attention_cls.png",
                                        "11_box_attention_attn.png"],
 }

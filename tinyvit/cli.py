@@ -5,6 +5,8 @@
   tinyvit eval runs/shapes/checkpoint.npz               accuracy, per class, confusion matrix
   tinyvit predict runs/shapes/checkpoint.npz img.png    top-5 classes of image files
   tinyvit attention runs/shapes img.png  what the CLS token attends to (PNG figures)
+  tinyvit explain runs/shapes img.png    every attribution method's map, side by side
+  tinyvit faithfulness runs/shapes       how faithful each map is: methods x metrics table
   tinyvit demo                           a model summary and a gradient check
   tinyvit bench                          time training steps, next to PyTorch when installed
   tinyvit assignment build hw1           a student edition with blanked backward passes
@@ -610,7 +612,7 @@ def _add_eval_parsers(sub):
 
 # =========================================================== parser and main
 
-COMMAND_MODULES = ("bench", "assignment", "box_cli")
+COMMAND_MODULES = ("bench", "assignment", "explain_cli", "box_cli")
 
 
 def build_parser() -> argparse.ArgumentParser:
