@@ -545,7 +545,7 @@ def _add_eval_parsers(sub):
 
 # =========================================================== parser and main
 
-COMMAND_MODULES = ("bench", "assignment")
+COMMAND_MODULES = ("bench", "assignment", "lrgrid", "probes")
 
 
 def build_parser() -> argparse.ArgumentParser:
