@@ -236,3 +236,26 @@ def test_cls_only_last_block_with_registers():
     g_full, g_short = model.backward(d, c_full), model.backward(d, c_short)
     for k in g_full:
         assert rel_error(g_short[k], g_full[k]) < 1e-10, k
+
+
+@pytest.mark.parametrize("kw", [{}, dict(pool="attn", num_registers=2, no_embed_class=True)], ids=_name)
+def test_residual_streams_add_up_to_the_forward(kw):
+    """x_in + attention branch + MLP branch = each block's output, and the last block's output
+    through the final norm is the forward's cache["tokens"]."""
+    model = perturbed_model(tiny_config(**kw))
+    images = np.random.default_rng(0).random((2, 8, 8, 2))
+    s = model.residual_streams(images)
+    _, cache = model.forward(images)
+    x = s["embed"]
+    assert x.shape == (2, model.config.num_tokens, 8)
+    for b in s["blocks"]:
+        np.testing.assert_allclose(x + b["attn"] + b["mlp"], b["out"], rtol=1e-12)
+        x = b["out"]
+    p = model.params
+    final = L.layernorm_forward(x, p["norm.gamma"], p["norm.beta"])[0]
+    np.testing.assert_allclose(final, cache["tokens"], rtol=1e-12)
+    # the attention branch is what the block adds before its MLP: zero attention output
+    # weights make it zero, the MLP branch unchanged in form
+    model.params["blocks.0.attn.proj.W"][...] = 0
+    model.params["blocks.0.attn.proj.b"][...] = 0
+    assert np.all(model.residual_streams(images)["blocks"][0]["attn"] == 0)

@@ -378,20 +378,8 @@ class ViT:
         if last_block_cls_only and not getattr(L, "SUPPORTS_QUERIES", False):
             raise ValueError(f"last_block_cls_only: needs a layer set whose block_forward takes "
                              f"queries=n (layers='fast'), got layers={layers_name(L)!r}")
-        cache = {}
-        x, cache["patchify"] = L.patchify_forward(images, cfg.patch_size)        # (B, N, P*P*C)
-        x, cache["embed"] = L.linear_forward(x, p["patch_embed.W"], p["patch_embed.b"])  # (B, N, D)
-        pos = p["pos_embed"] if cfg.pos_embed == "learned" else self._fixed_pos
-        if cfg.no_embed_class:                           # positions for the patches only
-            x, cache["pos"] = L.pos_forward(x, pos)                              # (B, N, D)
-        if cfg.class_token:
-            x, cache["cls"] = L.cls_forward(x, p["cls_token"])                   # (B, N + 1, D)
-        if cfg.num_registers:                            # right after the CLS token
-            x, cache["reg"] = self._pool_layers.registers_forward(
-                x, p["reg_token"], int(cfg.class_token))                         # (B, T, D)
-        if not cfg.no_embed_class:
-            x, cache["pos"] = L.pos_forward(x, pos)                              # (B, T, D)
-        cache["blocks"] = []
+        cache = {"blocks": []}
+        x = self._embed(images, cache)                                           # (B, T, D)
         for i in range(cfg.depth):
             if last_block_cls_only and i == cfg.depth - 1:
                 x, c = L.block_forward(x, self.block_params(i), cfg.heads, cfg.gelu,
@@ -408,6 +396,51 @@ class ViT:
         if cfg.pool == "attn":
             cache["attn_pool"] = cache["pool"]["attn"]
         return logits, cache
+
+    def _embed(self, images, cache: dict):
+        """images (B, H, W, C) -> the token sequence (B, T, D) that enters block 0: patches,
+        their embedding, the CLS and register tokens and the position embeddings. Each
+        stage's cache goes into ``cache``."""
+        cfg, p, L = self.config, self.params, self.layers
+        x, cache["patchify"] = L.patchify_forward(images, cfg.patch_size)        # (B, N, P*P*C)
+        x, cache["embed"] = L.linear_forward(x, p["patch_embed.W"], p["patch_embed.b"])  # (B, N, D)
+        pos = p["pos_embed"] if cfg.pos_embed == "learned" else self._fixed_pos
+        if cfg.no_embed_class:                           # positions for the patches only
+            x, cache["pos"] = L.pos_forward(x, pos)                              # (B, N, D)
+        if cfg.class_token:
+            x, cache["cls"] = L.cls_forward(x, p["cls_token"])                   # (B, N + 1, D)
+        if cfg.num_registers:                            # right after the CLS token
+            x, cache["reg"] = self._pool_layers.registers_forward(
+                x, p["reg_token"], int(cfg.class_token))                         # (B, T, D)
+        if not cfg.no_embed_class:
+            x, cache["pos"] = L.pos_forward(x, pos)                              # (B, T, D)
+        return x
+
+    def residual_streams(self, images: np.ndarray) -> dict:
+        """What flows along the residual stream, block by block (for probes and diagnostics).
+
+        Returns {"embed": x0 (B, T, D), the tokens entering block 0, and "blocks": one dict
+        per block with "attn" (B, T, D) the attention branch's output a, "mlp" (B, T, D) the
+        MLP branch's output m, and "out" (B, T, D) the block's output, where
+            x_mid = x_in + a,   out = x_mid + m
+        (x_in is the previous block's "out", or "embed")}. Computed with the reference
+        layers (tinyvit.layers), whatever the model's layer set.
+        """
+        self.check_images(images)
+        cfg, R = self.config, reference_layers
+        x = self._embed(images, {})
+        streams = {"embed": x, "blocks": []}
+        for i in range(cfg.depth):
+            p = self.block_params(i)
+            n1 = R.layernorm_forward(x, p["norm1.gamma"], p["norm1.beta"])[0]
+            a = R.attention_forward(n1, p["attn.qkv.W"], p["attn.qkv.b"], p["attn.proj.W"],
+                                    p["attn.proj.b"], cfg.heads)[0]
+            n2 = R.layernorm_forward(x + a, p["norm2.gamma"], p["norm2.beta"])[0]
+            m = R.mlp_forward(n2, p["mlp.fc1.W"], p["mlp.fc1.b"], p["mlp.fc2.W"], p["mlp.fc2.b"],
+                              cfg.gelu)[0]
+            x = x + a + m
+            streams["blocks"].append({"attn": a, "mlp": m, "out": x})
+        return streams
 
     def _pool_forward(self, x):
         """The final tokens x (B, T, D) -> (pooled (B, D), cache), as config.pool says."""
