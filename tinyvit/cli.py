@@ -545,7 +545,7 @@ def _add_eval_parsers(sub):
 
 # =========================================================== parser and main
 
-COMMAND_MODULES = ("bench", "assignment", "lrgrid", "probes")
+COMMAND_MODULES = ("bench", "assignment", "lrgrid", "probes", "registers")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -73,13 +73,15 @@ def _data(settings: dict):
     return _DATA[key]
 
 
-def train_one(settings: dict, pool: str, lr: float, seed: int) -> dict:
-    """Train one model of the grid; returns its result record (JSON-able)."""
+def train_model(settings: dict, pool: str, lr: float, seed: int, model_kw: dict | None = None):
+    """Train one model as the grid does -> (model, result record (JSON-able)).
+
+    model_kw: more ViTConfig fields (e.g. num_registers) on top of the grid's model."""
     from .model import ViT, ViTConfig
     from .train import TrainConfig, TrainingDiverged, train
     train_ds, val_ds = _data(settings)
     mcfg = ViTConfig(**MODELS[settings["dataset"]], num_classes=train_ds.num_classes, pool=pool,
-                     seed=seed)
+                     seed=seed, **(model_kw or {}))
     tcfg = TrainConfig(epochs=settings["epochs"], batch_size=settings["batch_size"], lr=lr,
                        min_lr=min(1e-5, lr), warmup=1.0, seed=seed, workers=1,
                        augment_flip=settings["dataset"] == "shapes",
@@ -96,7 +98,12 @@ def train_one(settings: dict, pool: str, lr: float, seed: int) -> dict:
     except TrainingDiverged as err:
         record.update(diverged=True, error=str(err), val_acc=None)
     record["seconds"] = round(time.perf_counter() - start, 2)
-    return record
+    return model, record
+
+
+def train_one(settings: dict, pool: str, lr: float, seed: int) -> dict:
+    """Train one model of the grid; returns its result record (JSON-able)."""
+    return train_model(settings, pool, lr, seed)[1]
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -110,6 +117,31 @@ def _write_json(path: Path, obj) -> None:
     _write_text(path, json.dumps(obj, indent=1) + "\n")
 
 
+def _in_processes(fn, tasks: list, jobs: int):
+    """Yield fn(*task) for every task, as each finishes: in this process when jobs == 1 or
+    there is one task, else in ``jobs`` fresh processes with one BLAS thread each (fn must
+    be a module-level function; its arguments and result go through pipes)."""
+    if jobs == 1 or len(tasks) <= 1:
+        for task in tasks:
+            yield fn(*task)
+        return
+    import multiprocessing
+    saved = {v: os.environ.get(v) for v in THREAD_VARS}
+    os.environ.update({v: "1" for v in THREAD_VARS})       # read by each process as it starts
+    try:
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as ex:
+            futures = [ex.submit(fn, *task) for task in tasks]
+            for f in as_completed(futures):
+                yield f.result()
+    finally:
+        for v, old in saved.items():
+            if old is None:
+                os.environ.pop(v, None)
+            else:
+                os.environ[v] = old
+
+
 def _worker(settings, pool, lr, seed, path):
     record = train_one(settings, pool, lr, seed)
     _write_json(Path(path), record)
@@ -117,6 +149,14 @@ def _worker(settings, pool, lr, seed, path):
 
 
 # --- the grid --------------------------------------------------------------------------------
+def grid_settings(dataset="shapes", data_dir="data", download=True, epochs=8, n_train=8000,
+                  batch_size=64) -> dict:
+    """The settings every run of a grid shares (what train_model needs besides pool, lr, seed)."""
+    return {"dataset": dataset, "data_dir": str(data_dir), "download": bool(download),
+            "epochs": epochs, "n_train": n_train if dataset == "shapes" else None,
+            "batch_size": batch_size, "model": MODELS[dataset]}
+
+
 def run_grid(out, pools=DEFAULT_POOLS, lrs=DEFAULT_LRS, seeds=DEFAULT_SEEDS, *, dataset="shapes",
              data_dir="data", download=True, epochs=8, n_train=8000, batch_size=64, jobs=2,
              stream=None) -> list[dict]:
@@ -143,9 +183,7 @@ def run_grid(out, pools=DEFAULT_POOLS, lrs=DEFAULT_LRS, seeds=DEFAULT_SEEDS, *, 
     for name, v in (("epochs", epochs), ("n_train", n_train), ("batch_size", batch_size), ("jobs", jobs)):
         check_int(name, v, minimum=1)
     out = Path(out)
-    settings = {"dataset": dataset, "data_dir": str(data_dir), "download": bool(download),
-                "epochs": epochs, "n_train": n_train if dataset == "shapes" else None,
-                "batch_size": batch_size, "model": MODELS[dataset]}
+    settings = grid_settings(dataset, data_dir, download, epochs, n_train, batch_size)
     shared = {k: v for k, v in settings.items() if k not in ("data_dir", "download")}
     grid_file = out / "grid.json"
     if grid_file.is_file():
@@ -180,28 +218,10 @@ def run_grid(out, pools=DEFAULT_POOLS, lrs=DEFAULT_LRS, seeds=DEFAULT_SEEDS, *, 
               file=stream, flush=True)
 
     results = list(done)
-    if jobs == 1 or len(todo) <= 1:
-        for pool, lr, seed, path in todo:
-            results.append(_worker(settings, pool, lr, seed, str(path)))
-            report(results[-1], len(results))
-    elif todo:
-        import multiprocessing
-        saved = {v: os.environ.get(v) for v in THREAD_VARS}
-        os.environ.update({v: "1" for v in THREAD_VARS})   # each spawned process: one BLAS thread
-        try:
-            ctx = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as ex:
-                futures = [ex.submit(_worker, settings, pool, lr, seed, str(path))
-                           for pool, lr, seed, path in todo]
-                for f in as_completed(futures):
-                    results.append(f.result())
-                    report(results[-1], len(results))
-        finally:
-            for v, old in saved.items():
-                if old is None:
-                    os.environ.pop(v, None)
-                else:
-                    os.environ[v] = old
+    tasks = [(settings, pool, lr, seed, str(path)) for pool, lr, seed, path in todo]
+    for record in _in_processes(_worker, tasks, jobs):
+        results.append(record)
+        report(record, len(results))
     order = {(p, float(lr), int(s)): i for i, (p, lr, s) in
              enumerate((p, lr, s) for p in pools for lr in lrs for s in seeds)}
     results = [r for r in results if (r["pool"], float(r["lr"]), int(r["seed"])) in order]

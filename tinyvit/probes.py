@@ -32,7 +32,6 @@ OUT/norms.png (OUT defaults to the checkpoint's folder/probes).
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
