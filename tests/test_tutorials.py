@@ -24,6 +24,9 @@ PROMISED = {
                                 "08_rollout_cls_0.png", "08_rollout_cls_1.png", "08_rollout_cls_2.png",
                                 "08_rollout_mean_0.png", "08_rollout_mean_patches_0.png",
                                 "08_pos_embed_trained.png"],
+    "10_what_the_cls_token_carries.py": ["10_lr_grid.png", "10_probes_cls.png", "10_probes_mean.png",
+                                         "10_norms_cls.png", "10_register_attention.png",
+                                         "10_register_norms.png"],
 }
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -204,13 +204,13 @@ def train_models(out, registers: int = 4, pools=("cls", "mean"), *, lr=3e-3, see
     return models
 
 
-def held_out_images(n: int = 500, n_train: int = 8000):
-    """The first n held-out images of the shapes data the models trained beside (n_train
-    training images), normalised per image as in training."""
+def held_out(n: int = 500, n_train: int = 8000):
+    """(images (n, H, W, C), labels (n,)): the first n held-out images of the shapes data
+    the models trained beside (n_train training images), normalised per image as in training."""
     from .lrgrid import _data
     from .train import normalize_images
     _, val_ds = _data(grid_settings("shapes", n_train=n_train))
-    return normalize_images(val_ds.images[:n], "image")
+    return normalize_images(val_ds.images[:n], "image"), val_ds.labels[:n]
 
 
 # --- command line ----------------------------------------------------------------------------
@@ -241,7 +241,7 @@ def cmd_registers(args) -> int:
     out = Path(args.out)
     models = train_models(out, args.registers, lr=args.lr, seed=args.seed, epochs=args.epochs,
                           n_train=args.n_train, jobs=args.jobs)
-    images = held_out_images(min(args.n_images, SHAPES_N_VAL), args.n_train)
+    images = held_out(min(args.n_images, SHAPES_N_VAL), args.n_train)[0]
     diags = {name: token_diagnostics(m, images) for name, (m, _) in models.items()}
     results = {name: summarize(d) for name, d in diags.items()}
     report = {"registers": args.registers, "n_images": int(images.shape[0]),
