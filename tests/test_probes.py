@@ -7,6 +7,7 @@ import pytest
 
 from tinyvit import ViT, ViTConfig
 from tinyvit import probes
+from tinyvit.checkpoint import load_checkpoint
 from tinyvit.cli import main
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -73,12 +74,13 @@ def test_branch_norms_known_values():
 def test_probes_command_on_a_trained_checkpoint(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", "--n-train", "64", "--epochs", "1", "--batch-size", "32", "--image-size", "16",
-                 "--workers", "1", "--quiet", "--out", str(run)]) == 0
+                 "--workers", "1", "--registers", "1", "--quiet", "--out", str(run)]) == 0
     capsys.readouterr()
     assert main(["probes", str(run), "--n-train", "40", "--n-test", "30"]) == 0
     out = capsys.readouterr().out
     assert "| after | cls | mean | patch |" in out and "| embed |" in out
     report = json.loads((run / "probes" / "probes.json").read_text())
+    assert "reg_token" in load_checkpoint(run / "checkpoint.npz").params   # --registers 1
     assert report["n_train"] == 40 and len(report["accuracy"]["patch"]) == 4    # embed + 3 blocks
     for name in ("probes.png", "norms.png"):
         assert (run / "probes" / name).read_bytes()[:8] == PNG_MAGIC
