@@ -14,6 +14,13 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TINY = dict(epochs=1, n_train=64, batch_size=32, jobs=1)
 
 
+@pytest.fixture(autouse=True)
+def small_held_out_set(monkeypatch):
+    """200 held-out shapes instead of 2,000 in this process (the tests' runs are one epoch)."""
+    monkeypatch.setattr(lrgrid, "SHAPES_N_VAL", 200)
+    monkeypatch.setattr(lrgrid, "_DATA", {})
+
+
 def test_tiny_grid_trains_resumes_and_writes(tmp_path, capsys, monkeypatch):
     out = tmp_path / "grid"
     res = lrgrid.run_grid(out, ["cls", "mean"], [1e-3, 3e-3], [0], **TINY)

@@ -39,9 +39,12 @@ def test_diagnostics_known_values():
     assert no[0]["to_cls"] is None and no[0]["to_registers"] is None
 
 
-def test_registers_command_trains_once_and_reuses(tmp_path, capsys):
-    argv = ["registers", "--registers", "2", "--epochs", "1", "--n-train", "64", "--n-images", "20",
-            "--out", str(tmp_path / "r")]
+def test_registers_command_trains_once_and_reuses(tmp_path, capsys, monkeypatch):
+    from tinyvit import lrgrid
+    monkeypatch.setattr(lrgrid, "SHAPES_N_VAL", 100)      # a small held-out set, in this process
+    monkeypatch.setattr(lrgrid, "_DATA", {})
+    argv = ["registers", "--registers", "2", "--epochs", "1", "--n-train", "32", "--n-images", "20",
+            "--jobs", "1", "--out", str(tmp_path / "r")]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "4 to train" in out and "| cls_reg2 | 3 |" in out
@@ -50,5 +53,7 @@ def test_registers_command_trains_once_and_reuses(tmp_path, capsys):
     assert report["roles"]["mean_reg2"][:3] == ["cls", "reg", "reg"]
     for name in ("registers_norms.png", "registers_attention.png"):
         assert (tmp_path / "r" / name).read_bytes()[:8] == PNG_MAGIC
-    assert main(argv) == 0                                   # the second time: nothing trained
-    assert "4 already trained, 0 to train" in capsys.readouterr().out
+    models = registers.train_models(tmp_path / "r", 2, epochs=1, n_train=32, jobs=1)
+    assert "4 already trained, 0 to train" in capsys.readouterr().out     # the second time
+    assert models["mean_reg2"][0].config.num_registers == 2
+    assert models["cls_reg0"][1]["val_acc"] == report["accuracy"]["cls_reg0"]
