@@ -208,7 +208,8 @@ def run_grid(out, pools=DEFAULT_POOLS, lrs=DEFAULT_LRS, seeds=DEFAULT_SEEDS, *, 
     total = len(todo) + len(done)
     print(f"lr-grid: {total} runs ({len(pools)} poolings x {len(lrs)} learning rates x "
           f"{len(seeds)} seeds) on {dataset}, {epochs} epochs each; {len(done)} already done, "
-          f"{len(todo)} to train with {min(jobs, max(len(todo), 1))} processes", file=stream, flush=True)
+          f"{len(todo)} to train" + (f" with {min(jobs, len(todo))} process(es)" if todo else ""),
+          file=stream, flush=True)
     start = time.perf_counter()
 
     def report(record, i):
