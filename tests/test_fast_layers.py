@@ -128,12 +128,21 @@ def test_queries_are_the_first_rows_of_the_reference(rng, B, T, D, heads, n):
         same(g[k], ref_g[k], f"block_backward(n_queries=n) {k}")
 
 
-@pytest.mark.parametrize("pool, gelu, image_size, pos", [("cls", "exact", 8, "learned"),
-                                                          ("mean", "tanh", (8, 12), "learned"),
-                                                          ("cls", "tanh", (12, 8), "sincos")])
-def test_whole_model_same_logits_and_gradients(rng, pool, gelu, image_size, pos):
+@pytest.mark.parametrize("pool, gelu, image_size, pos, tokens", [
+    ("cls", "exact", 8, "learned", {}),
+    ("mean", "tanh", (8, 12), "learned", {}),
+    ("cls", "tanh", (12, 8), "sincos", {}),
+    # the pooling and token options (tinyvit/layers/pool.py)
+    ("cls", "exact", 8, "learned", dict(num_registers=2)),
+    ("mean", "exact", 8, "learned", dict(class_token=False, num_registers=1)),
+    ("mean_with_cls", "tanh", 8, "learned", {}),
+    ("attn", "exact", (8, 12), "learned", dict(num_registers=2, no_embed_class=True)),
+    ("attn", "tanh", 8, "sincos", dict(class_token=False)),
+])
+def test_whole_model_same_logits_and_gradients(rng, pool, gelu, image_size, pos, tokens):
     cfg = ViTConfig(image_size=image_size, in_channels=2, patch_size=4, dim=12, depth=2, heads=3,
-                    mlp_dim=10, num_classes=4, pool=pool, gelu=gelu, pos_embed=pos, dtype="float64")
+                    mlp_dim=10, num_classes=4, pool=pool, gelu=gelu, pos_embed=pos, dtype="float64",
+                    **tokens)
     ref = ViT(cfg)
     fast = ref.using("fast")
     H, W = cfg.image_hw
@@ -151,9 +160,10 @@ def test_whole_model_same_logits_and_gradients(rng, pool, gelu, image_size, pos)
             same(g[k], ref_g[k], f"{k} (cls_only={cls_only})")
 
 
-def test_twenty_training_steps_end_with_the_same_parameters(rng):
+@pytest.mark.parametrize("tokens", [{}, dict(pool="attn", num_registers=2)])
+def test_twenty_training_steps_end_with_the_same_parameters(rng, tokens):
     cfg = ViTConfig(image_size=8, in_channels=1, patch_size=4, dim=16, depth=2, heads=4,
-                    mlp_dim=24, num_classes=3, dtype="float64", seed=3)
+                    mlp_dim=24, num_classes=3, dtype="float64", seed=3, **tokens)
     images = randn(rng, 20, 8, 8, 1)
     labels = rng.integers(0, 3, size=20)
     ends = []

@@ -126,9 +126,9 @@ class Planted(Exception):
     pass
 
 
-# every function of the reference set but the table of block parameter shapes (no layer)
-FUNCTIONS = [n for n in layers_pkg.__all__
-             if inspect.isfunction(getattr(layers_pkg, n)) and n != "block_param_shapes"]
+# every function of the reference set but the tables of parameter shapes (no layer)
+FUNCTIONS = [n for n in layers_pkg.__all__ if inspect.isfunction(getattr(layers_pkg, n))
+             and n not in ("block_param_shapes", "attn_pool_param_shapes")]
 
 
 @pytest.mark.parametrize("name", FUNCTIONS)
@@ -138,9 +138,13 @@ def test_the_model_runs_every_reference_function(monkeypatch, name):
     def raises(*args, **kwargs):
         raise Planted(name)
 
+    # the pooling and register functions run with the options that use them
+    options = {"attn_pool": dict(pool="attn"), "mean_pool": dict(pool="mean"),
+               "registers": dict(num_registers=1), "layerscale_block": dict(layer_scale=0.1)}
+    extra = next((kw for prefix, kw in options.items() if name.startswith(prefix)), {})
     replace_everywhere(monkeypatch, name, raises)
     cfg = ViTConfig(image_size=8, in_channels=1, patch_size=4, dim=8, depth=1, heads=2, mlp_dim=8,
                     num_classes=3, pos_embed="sincos" if name == "sincos_pos_embed" else "learned",
-                    layer_scale=0.1 if name.startswith("layerscale_block") else None)
+                    **extra)
     with pytest.raises(Planted):
         ViT(cfg).loss_and_grads(np.zeros((2, 8, 8, 1), np.float32), np.array([0, 1]))

@@ -325,14 +325,14 @@ def test_timm_strictness_and_fc_norm(tmp_path):
     t = timm_arrays(model)
     a = dict(t)
     del a["blocks.1.mlp.fc2.bias"]
-    a["reg_token"] = np.zeros((1, 4, 16))
+    a["dist_token"] = np.zeros((1, 1, 16))
     a["blocks.0.ls1.gamma"] = np.ones(16)
     a["head.weight"] = a["head.weight"].T                     # (D, K) instead of (K, D)
     with pytest.raises(ValueError) as e:
         load_timm(a, heads=4)
     msg = str(e.value)
     # one ls1.gamma makes it a LayerScale file, so the other LayerScale vectors are missing
-    for k in ("blocks.1.mlp.fc2.bias", "reg_token", "blocks.0.ls2.gamma",
+    for k in ("blocks.1.mlp.fc2.bias", "dist_token", "blocks.0.ls2.gamma",
               "head.weight: expected shape (5, 16), got (16, 5)"):
         assert k in msg, k
     # fc_norm (the final norm after pooling; timm's `norm` is then an identity, absent)

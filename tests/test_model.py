@@ -199,7 +199,7 @@ def test_config_round_trip():
 @pytest.mark.parametrize("kw, exc, pattern", [
     (dict(dim=10, heads=4), ValueError, r"heads: expected a divisor of dim=10, got 4"),
     (dict(image_size=30, patch_size=4), ValueError, r"patch_size: expected a divisor of the image size 30x30, got 4"),
-    (dict(pool="max"), ValueError, r"pool: expected one of 'cls', 'mean', got 'max'"),
+    (dict(pool="max"), ValueError, r"pool: expected one of 'cls', 'mean', 'mean_with_cls', 'attn', got 'max'"),
     (dict(gelu="relu"), ValueError, r"gelu: expected one of"),
     (dict(dtype="float16"), ValueError, r"dtype: expected one of 'float32', 'float64', got 'float16'"),
     (dict(depth=0), ValueError, r"depth: expected an integer >= 1, got 0"),

@@ -26,6 +26,9 @@ PROMISED = {
                                 "08_pos_embed_trained.png"],
     "09_is_the_cls_map_telling_the_truth.py": ["09_maps_cls_0.png", "09_curves_cls.png", "09_curves_mean.png",
                                                "09_disagree.png"],
+    "10_what_the_cls_token_carries.py": ["10_lr_grid.png", "10_probes_cls.png", "10_probes_mean.png",
+                                         "10_norms_cls.png", "10_register_attention.png",
+                                         "10_register_norms.png"],
     "11_cls_token_as_a_regressor.py": ["11_boxes.png", "11_iou_vs_giou.png", "11_box_attention_cls.png",
                                        "11_box_attention_attn.png"],
 }

@@ -140,8 +140,11 @@ def _add_train_parser(sub):
     m.add_argument("--depth", type=_positive_int, default=None, help="number of transformer blocks")
     m.add_argument("--heads", type=_positive_int, default=None, help="attention heads (must divide --dim)")
     m.add_argument("--mlp-dim", type=_positive_int, default=None, help="M, MLP hidden width")
-    m.add_argument("--pool", choices=("cls", "mean"), default=None,
-                   help="classify from the CLS token (default) or the mean of the patch tokens")
+    m.add_argument("--pool", choices=("cls", "mean", "mean_with_cls", "attn"), default=None,
+                   help="classify from the CLS token (default), the mean of the patch tokens, the mean "
+                        "of every token (a common bug, for comparison) or attention pooling")
+    m.add_argument("--registers", dest="num_registers", type=_nonneg_int, default=None, metavar="R",
+                   help="R learned register tokens after the CLS token, never pooled (default 0)")
     m.add_argument("--gelu", choices=("exact", "tanh"), default=None, help="GELU form (default exact)")
     m.add_argument("--pos-embed", choices=("learned", "sincos"), default=None,
                    help="position embeddings (default learned)")
@@ -346,7 +349,8 @@ def _model_preset(args, key: str, side: int) -> dict:
     preset = dict(MODEL_PRESETS[args.model or ("mnist" if mnist_like else DEFAULT_PRESET)])
     if args.patch_size is None and (side % preset["patch_size"] or side // preset["patch_size"] < 2):
         preset["patch_size"] = next(p for p in (8, 7, 4, 2, 1) if side % p == 0 and side // p >= 2)
-    for k in ("patch_size", "dim", "depth", "heads", "mlp_dim", "pool", "gelu", "pos_embed"):
+    for k in ("patch_size", "dim", "depth", "heads", "mlp_dim", "pool", "gelu", "pos_embed",
+              "num_registers"):
         if getattr(args, k) is not None:
             preset[k] = getattr(args, k)
     return preset
@@ -612,7 +616,7 @@ def _add_eval_parsers(sub):
 
 # =========================================================== parser and main
 
-COMMAND_MODULES = ("bench", "assignment", "explain_cli", "box_cli")
+COMMAND_MODULES = ("bench", "assignment", "explain_cli", "box_cli", "lrgrid", "probes", "registers")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -19,7 +19,7 @@ every gradient). What they do differently:
   (the model's CLS-only last block, ViT.forward(last_block_cls_only=True)).
 
 Caches are this module's own: pair a forward from here with a backward from here.
-Functions with no trick (patchify, tokens, loss) are the reference ones.
+Functions with no trick (patchify, tokens, loss, pooling, registers) are the reference ones.
 """
 
 from __future__ import annotations
@@ -30,6 +30,11 @@ from .layers import (BLOCK_PARAMS, EPS, block_param_shapes, cls_backward, cls_fo
                      log_softmax, merge_heads, patchify, patchify_backward, patchify_forward,
                      pos_backward, pos_forward, sincos_pos_embed, softmax_cross_entropy,
                      split_heads, unpatchify)
+# Pooling and register tokens: no trick, the reference functions (their backward pairs with
+# the reference forward; the attention pool's inner layers are the reference ones too).
+from .layers import (ATTN_POOL_PARAMS, attn_pool_backward, attn_pool_forward,  # noqa: F401
+                     attn_pool_param_shapes, mean_pool_backward, mean_pool_forward,
+                     registers_backward, registers_forward)
 from .special import erf
 from .layers.box import *  # noqa: F401,F403  (box head, box losses, query pool: the reference forms)
 

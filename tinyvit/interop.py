@@ -462,6 +462,7 @@ def google_arrays(model: ViT) -> dict[str, np.ndarray]:
     if _layer_scale(cfg):
         raise ValueError("model: the Google ViT layout has no LayerScale (ls1/ls2 gammas); save a "
                          f"model with layer_scale={cfg.layer_scale} with save_timm instead")
+    _google_options_check(cfg)
     P, C, D, h, d = cfg.patch_size, cfg.in_channels, cfg.dim, cfg.heads, cfg.head_dim
     out = {"embedding/kernel": p["patch_embed.W"].reshape(P, P, C, D),
            "embedding/bias": p["patch_embed.b"], "cls": p["cls_token"], GOOGLE_POS: pos}
@@ -636,7 +637,7 @@ def timm_arrays(model: ViT) -> dict[str, np.ndarray]:
     """
     cfg, p, pos = _model_arrays(model)
     P, C, D = cfg.patch_size, cfg.in_channels, cfg.dim
-    out = {"cls_token": p["cls_token"], "pos_embed": pos,
+    out = {**_timm_token_arrays(cfg, p), "pos_embed": pos,     # cls_token, reg_token, attn_pool.*
            # (P*P*C, D) -> (P, P, C, D) -> (D, C, P, P)
            "patch_embed.proj.weight": p["patch_embed.W"].reshape(P, P, C, D).transpose(3, 2, 0, 1),
            "patch_embed.proj.bias": p["patch_embed.b"]}
@@ -653,6 +654,7 @@ def timm_arrays(model: ViT) -> dict[str, np.ndarray]:
     out["head.weight"], out["head.bias"] = p["head.W"].T, p["head.b"]
     order = list(_timm_shapes(D, cfg.mlp_dim, cfg.num_classes, P, C, cfg.depth, cfg.num_tokens,
                               _layer_scale(cfg)))
+    order = [k for k in order if k in out] + [k for k in out if k not in order]
     return {k: np.ascontiguousarray(out[k]) for k in order}
 
 
@@ -666,6 +668,10 @@ def save_timm(model: ViT, path) -> None:
     pool="mean": create it with ``global_pool="avg", fc_norm=False, class_token=True``
     (tinyvit normalises every token, then averages the patch tokens, which is what
     timm's ``norm`` before an "avg" pool does). gelu="tanh": ``act_layer="gelu_tanh"``.
+    Token and pooling options on the timm side: num_registers=R: ``reg_tokens=R``;
+    class_token=False: ``class_token=False``; no_embed_class=True: ``no_embed_class=True``;
+    pool="attn": ``global_pool="map"``; pool="mean_with_cls": ``global_pool="avg",
+    fc_norm=False, pool_include_prefix=True``.
     """
     _save_npz(timm_arrays(model), path)
 
@@ -680,7 +686,8 @@ _FC_NORM_MSG = (
 
 
 def _load_timm(path_or_dict, image_size=None, *, heads=None, pool="cls", gelu="exact",
-               dtype="float32", pos_embed="learned", checkpoint_grid=None, resample=DEFAULT_RESAMPLE):
+               dtype="float32", pos_embed="learned", checkpoint_grid=None, resample=DEFAULT_RESAMPLE,
+               no_embed_class=None):
     dtype = _check_options(pool, gelu, pos_embed, dtype, resample)
     a = _read_arrays(path_or_dict, "state_dict")
     fmt = "timm"
@@ -711,8 +718,12 @@ def _load_timm(path_or_dict, image_size=None, *, heads=None, pool="cls", gelu="e
         raise ValueError(f"pos_embed: expected shape (1, T, D) with T >= 2, got {a['pos_embed'].shape}")
     depth = _depth(a, "blocks.", ".", fmt)
     layer_scale = HAS_LAYER_SCALE and any(".ls1.gamma" in k or ".ls2.gamma" in k for k in a)
+    tok = _timm_token_options(a, pool, no_embed_class, P, image_size, checkpoint_grid, notes)
+    expected = _timm_shapes(D, M, K, P, C, depth, T, layer_scale)
+    del expected["cls_token"]
+    expected.update(_timm_token_shapes(D, M, tok))       # cls_token, reg_token, attn_pool.*
     try:
-        _check_layout(a, _timm_shapes(D, M, K, P, C, depth, T, layer_scale), fmt)
+        _check_layout(a, expected, fmt)
     except ValueError as e:
         if not HAS_LAYER_SCALE and any(".ls1.gamma" in k or ".ls2.gamma" in k for k in a):
             raise ValueError(f"{e}\n  (ls1.gamma/ls2.gamma are LayerScale, which this tinyvit's "
@@ -729,12 +740,14 @@ def _load_timm(path_or_dict, image_size=None, *, heads=None, pool="cls", gelu="e
     if isinstance(heads, bool) or not isinstance(heads, (int, np.integer)) or heads < 1 or D % heads:
         raise ValueError(f"heads: expected a positive divisor of D={D}, got {heads!r}")
 
-    src, grid, size = _grids(T, P, image_size, checkpoint_grid)
+    # _grids counts one CLS row in T: pass the patch rows + 1 whatever the file's prefix rows
+    src, grid, size = _grids(T - tok["pos_prefix"] + 1, P, image_size, checkpoint_grid)
     a = _materialize(a)
-    pos = _positions(a["pos_embed"], src, grid, pos_embed, D, fmt, notes, resample)
+    pos = _positions_with_prefix(a["pos_embed"], tok["pos_prefix"], src, grid, pos_embed, D, fmt,
+                                 notes, resample)
     w = a["patch_embed.proj.weight"]
     p = {"patch_embed.W": w.transpose(2, 3, 1, 0).reshape(P * P * C, D),   # (D,C,P,P) -> (P,P,C,D)
-         "patch_embed.b": a["patch_embed.proj.bias"], "cls_token": a["cls_token"]}
+         "patch_embed.b": a["patch_embed.proj.bias"], **_timm_token_params(a, tok)}
     if pos is not None:
         p["pos_embed"] = pos
     for i in range(depth):
@@ -749,7 +762,9 @@ def _load_timm(path_or_dict, image_size=None, *, heads=None, pool="cls", gelu="e
     p["norm.gamma"], p["norm.beta"] = a["norm.weight"], a["norm.bias"]
     p["head.W"], p["head.b"] = a["head.weight"].T, a["head.bias"]
     cfg_kw = dict(image_size=size, in_channels=C, patch_size=P, dim=D, depth=depth, heads=int(heads),
-                  mlp_dim=M, num_classes=K, pool=pool, gelu=gelu, pos_embed=pos_embed)
+                  mlp_dim=M, num_classes=K, pool=tok["pool"], gelu=gelu, pos_embed=pos_embed,
+                  class_token=tok["class_token"], num_registers=tok["num_registers"],
+                  no_embed_class=tok["no_embed_class"])
     if layer_scale:
         cfg_kw["layer_scale"] = LAYER_SCALE_INIT
         notes.append(f"LayerScale (ls1.gamma, ls2.gamma) loaded; layer_scale={LAYER_SCALE_INIT} is "
@@ -760,7 +775,8 @@ def _load_timm(path_or_dict, image_size=None, *, heads=None, pool="cls", gelu="e
 
 def load_timm(path_or_dict, image_size=None, *, heads: int | None = None, pool: str = "cls",
               gelu: str = "exact", dtype: str = "float32", pos_embed: str = "learned",
-              checkpoint_grid=None, resample: str = DEFAULT_RESAMPLE) -> ViT:
+              checkpoint_grid=None, resample: str = DEFAULT_RESAMPLE,
+              no_embed_class: bool | None = None) -> ViT:
     """Read a timm VisionTransformer state dict (an ``.npz`` of named arrays, or a dict) into a ViT.
 
     P, C, D from ``patch_embed.proj.weight`` (D, C, P, P), M from ``fc1.weight``
@@ -779,11 +795,19 @@ def load_timm(path_or_dict, image_size=None, *, heads: int | None = None, pool: 
         blocks) loads into ``blocks.{i}.ls1.gamma`` / ``ls2.gamma`` when ViTConfig
         has ``layer_scale``.
     Other arguments as in ``load_google_vit``. Strict: any missing key,
-    unexpected key (e.g. ``reg_token``, ``norm_pre``) or wrong shape gives one
+    unexpected key (e.g. ``dist_token``, ``norm_pre``) or wrong shape gives one
     ValueError listing them all.
+
+    Token and pooling options, read off the file: no ``cls_token`` -> class_token=False
+    (then pass pool="mean" or a file with attn_pool); ``reg_token`` (1, R, D) ->
+    num_registers=R; ``attn_pool.*`` -> pool="attn" (timm's global_pool="map");
+    a ``pos_embed`` without rows for the CLS and register tokens -> no_embed_class=True.
+    no_embed_class: None infers that from the number of rows (and image_size or
+        checkpoint_grid when given); pass True or False when both readings fit.
     """
     return _load_timm(path_or_dict, image_size, heads=heads, pool=pool, gelu=gelu, dtype=dtype,
-                      pos_embed=pos_embed, checkpoint_grid=checkpoint_grid, resample=resample)[0]
+                      pos_embed=pos_embed, checkpoint_grid=checkpoint_grid, resample=resample,
+                      no_embed_class=no_embed_class)[0]
 
 
 # ---------------------------------------------------------------------------
@@ -841,3 +865,137 @@ def load_model(path, image_size=None, *, heads: int | None = None, pool: str = "
     info["class_names"] = imagenet_class_names() if K == 1000 else None
     info["preprocess"] = imagenet_preprocess_info(model.config.image_hw)
     return model, info
+
+
+# ---------------------------------------------------------------------------
+# timm's token and pooling options: class_token=False, reg_tokens, no_embed_class,
+# global_pool="map" (attn_pool.*). Used by timm_arrays and _load_timm above.
+# ---------------------------------------------------------------------------
+# tinyvit's attention-pool names -> timm's (under "attn_pool."); ".W" arrays are transposed
+_TIMM_ATTN_POOL = {"latent": "latent", "q.W": "q.weight", "q.b": "q.bias", "kv.W": "kv.weight",
+                   "kv.b": "kv.bias", "proj.W": "proj.weight", "proj.b": "proj.bias",
+                   "norm.gamma": "norm.weight", "norm.beta": "norm.bias",
+                   "mlp.fc1.W": "mlp.fc1.weight", "mlp.fc1.b": "mlp.fc1.bias",
+                   "mlp.fc2.W": "mlp.fc2.weight", "mlp.fc2.b": "mlp.fc2.bias"}
+
+
+def _timm_token_arrays(cfg, p) -> dict:
+    """The CLS token, the register tokens and the attention pool of a tinyvit model, in
+    timm's names and orientation (only those the model has)."""
+    out = {}
+    if cfg.class_token:
+        out["cls_token"] = p["cls_token"]
+    if cfg.num_registers:
+        out["reg_token"] = p["reg_token"]
+    if cfg.pool == "attn":
+        for ours, theirs in _TIMM_ATTN_POOL.items():
+            v = p["attn_pool." + ours]
+            out["attn_pool." + theirs] = v.T if ours.endswith(".W") else v
+    return out
+
+
+def _timm_token_shapes(D, M, tok) -> dict:
+    """The shapes timm gives those arrays, for the options in tok (see _timm_token_options)."""
+    s = {}
+    if tok["class_token"]:
+        s["cls_token"] = (1, 1, D)
+    if tok["num_registers"]:
+        s["reg_token"] = (1, tok["num_registers"], D)
+    if tok["pool"] == "attn":
+        from .layers import attn_pool_param_shapes
+        for ours, shape in attn_pool_param_shapes(D, M).items():
+            s["attn_pool." + _TIMM_ATTN_POOL[ours]] = shape[::-1] if ours.endswith(".W") else shape
+    return s
+
+
+def _timm_token_params(a, tok) -> dict:
+    """tinyvit's cls_token, reg_token and attn_pool.* parameters from a timm state dict."""
+    p = {}
+    if tok["class_token"]:
+        p["cls_token"] = a["cls_token"]
+    if tok["num_registers"]:
+        p["reg_token"] = a["reg_token"]
+    if tok["pool"] == "attn":
+        for ours, theirs in _TIMM_ATTN_POOL.items():
+            v = a["attn_pool." + theirs]
+            p["attn_pool." + ours] = v.T if ours.endswith(".W") else v
+    return p
+
+
+def _is_square(n: int) -> bool:
+    return n >= 1 and math.isqrt(n) ** 2 == n
+
+
+def _timm_token_options(a, pool, no_embed_class, P, image_size, checkpoint_grid, notes) -> dict:
+    """Read the token and pooling options off a timm state dict's arrays.
+
+    class_token: whether ``cls_token`` is there; num_registers: ``reg_token``'s (1, R, D);
+    pool: "attn" when ``attn_pool.*`` is there (timm's global_pool="map"); no_embed_class:
+    whether ``pos_embed`` (1, L, D) has rows for the CLS and register tokens (L = N + 1 + R)
+    or for the patches only (L = N). The file does not say which when both L and L - 1 - R
+    could be a patch grid: no_embed_class=None infers it from image_size, checkpoint_grid
+    or which of the two is a square, and otherwise asks for it.
+    """
+    class_token = "cls_token" in a
+    reg = a.get("reg_token")
+    if reg is not None and (reg.ndim != 3 or reg.shape[0] != 1):
+        raise ValueError(f"reg_token: expected shape (1, R, D), got {reg.shape}")
+    R = 0 if reg is None else int(reg.shape[1])
+    if any(k.startswith("attn_pool.") for k in a):
+        if pool not in ("cls", "attn"):
+            raise ValueError(f"pool: this timm file has attn_pool.* (global_pool='map'), "
+                             f"expected pool='attn', got {pool!r}")
+        if pool == "cls":
+            notes.append("pool='attn': the file has attn_pool.* (timm's global_pool='map')")
+        pool = "attn"
+    prefix = int(class_token) + R
+    L = a["pos_embed"].shape[1] if a.get("pos_embed") is not None and a["pos_embed"].ndim == 3 else None
+    if no_embed_class is not None and not isinstance(no_embed_class, bool):
+        raise TypeError(f"no_embed_class: expected True, False or None, got {no_embed_class!r}")
+    if no_embed_class is None:
+        no_embed_class = False
+        if prefix and L is not None:
+            N = None
+            if checkpoint_grid is not None:
+                gh, gw = _pair("checkpoint_grid", checkpoint_grid)
+                N = gh * gw
+            elif image_size is not None:
+                H, W = _pair("image_size", image_size)
+                N = (H // P) * (W // P) if (L in ((H // P) * (W // P), (H // P) * (W // P) + prefix)) \
+                    else None
+            if N is not None:
+                no_embed_class = L == N
+            elif _is_square(L) and _is_square(L - prefix):
+                raise ValueError(f"no_embed_class: pos_embed has {L} rows, which fits both a "
+                                 f"{math.isqrt(L)}^2 grid without the {prefix} CLS/register "
+                                 f"rows and a {math.isqrt(L - prefix)}^2 grid with them; pass "
+                                 "no_embed_class=True or False (or image_size)")
+            else:
+                no_embed_class = _is_square(L) and not _is_square(L - prefix)
+    return {"class_token": class_token, "num_registers": R, "pool": pool,
+            "no_embed_class": no_embed_class,
+            "pos_prefix": 0 if no_embed_class else prefix}
+
+
+def _positions_with_prefix(pos, pos_prefix, src, grid, pos_embed, dim, fmt, notes,
+                           resample=DEFAULT_RESAMPLE):
+    """_positions for a pos_embed with pos_prefix rows before the patches (not just one)."""
+    if pos_prefix == 1:
+        return _positions(pos, src, grid, pos_embed, dim, fmt, notes, resample)
+    head, patches = pos[:, :pos_prefix], pos[:, pos_prefix:]
+    if pos_embed == "sincos" and np.any(head != 0):
+        raise ValueError("pos_embed: expected zeros in the CLS/register rows for "
+                         "pos_embed='sincos'; load it with pos_embed='learned'")
+    one = np.concatenate([np.zeros((1, 1, pos.shape[2]), pos.dtype), patches], axis=1)
+    fitted = _positions(one, src, grid, pos_embed, dim, fmt, notes, resample)
+    return None if fitted is None else np.concatenate([head, fitted[:, 1:]], axis=1)
+
+
+def _google_options_check(cfg) -> None:
+    """The Google layout has a CLS token, no registers and a position row for every token."""
+    if not cfg.class_token or cfg.num_registers or cfg.no_embed_class or cfg.pool == "attn":
+        raise ValueError(
+            "model: the Google ViT layout holds a CLS token and one position row per token, no "
+            f"registers and no attention pool; got class_token={cfg.class_token}, num_registers="
+            f"{cfg.num_registers}, no_embed_class={cfg.no_embed_class}, pool={cfg.pool!r} "
+            "(save it with save_timm instead)")

@@ -50,15 +50,16 @@ __all__ = [
 
 # Parameters that are 3-D arrays but must never be decayed: pulling the CLS
 # token or the position table towards zero only hurts.
-NO_DECAY_NAMES = ("cls_token", "pos_embed")
+NO_DECAY_NAMES = ("cls_token", "reg_token", "pos_embed")
 
 
 def decay_mask(name: str, array: np.ndarray) -> bool:
     """True when weight decay should apply to the parameter ``name``.
 
     Matrices (ndim >= 2) decay; vectors (biases ``.b``, layer-norm ``.gamma``
-    and ``.beta``) and scalars do not, and neither do ``cls_token`` and
-    ``pos_embed`` although they are 3-D.
+    and ``.beta``) and scalars do not, and neither do ``cls_token``,
+    ``reg_token`` (register tokens, as timm's no_weight_decay) and ``pos_embed``
+    although they are 3-D.
     """
     if name in NO_DECAY_NAMES or name.rsplit(".", 1)[-1] in NO_DECAY_NAMES:
         return False

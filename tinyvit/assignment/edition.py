@@ -83,6 +83,29 @@ def layerscale_block_backward(dout, cache):
 
 STANDINS = {"fast_layers.py": FAST_STANDIN, "layers/layerscale.py": LAYERSCALE_STANDIN}
 
+# Functions outside the assigned regions that recombine an assigned layer line for line (the
+# attention pool's backward is attention's backward with one query): an edition keeps their
+# signatures and docstrings and says they are not part of the work.
+STRIPPED = {"layers/pool.py": ("attn_pool_forward", "attn_pool_backward")}
+
+
+def strip_functions(text: str, names) -> str:
+    """text with the bodies of the named top-level functions (after their docstrings)
+    replaced by a NotImplementedError saying they are not part of the assignment."""
+    tree = ast.parse(text)
+    lines = text.splitlines(keepends=True)
+    for fn in sorted((n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name in names),
+                     key=lambda n: -n.lineno):
+        body = fn.body[1:] if ast.get_docstring(fn) is not None else fn.body
+        if not body:
+            continue
+        first, last = body[0].lineno, fn.end_lineno
+        indent = " " * body[0].col_offset
+        stub = (f'{indent}raise NotImplementedError("{fn.name} is not part of this assignment '
+                '(it repeats an assigned layer)")\n')
+        lines[first - 1:last] = [stub]
+    return "".join(lines)
+
 
 class BuildError(ValueError):
     """An edition that would give something away, or a source that is not the solution."""
@@ -232,6 +255,8 @@ def write_package(dest: Path, src: Path, parts, hints: str, regions: dict) -> li
         if rel.suffix == ".py" and rel.parts[0] not in SKIP_SCAN:
             text = (src / rel).read_text(encoding="utf-8")
             new = blank_source(text, blanked)
+            if rel.as_posix() in STRIPPED:
+                new = strip_functions(new, STRIPPED[rel.as_posix()])
             new, missing = blank_sentences(new, sentences.get(rel.as_posix(), []))
             warnings += [f"{rel.as_posix()}: sentence not found: {s[:50]}..." for s in missing]
             target.write_text(new, encoding="utf-8")

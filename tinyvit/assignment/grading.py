@@ -254,6 +254,9 @@ def grade(path, manifest=None, *, student: str | None = None, parts=None,
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
         raise ValueError(f"timeout: expected a positive number of seconds, got {timeout!r}")
     check_full_solution(PACKAGE_DIR)            # the reference must be the full solution
+    if not Path(path).expanduser().exists():
+        raise ValueError(f"path: expected a submission folder or zip, got "
+                         f"{Path(path).expanduser().resolve()}, which does not exist")
     if manifest is None and parts is None:
         # What was assigned is the manifest's to say: grading every part would give parts
         # the edition left complete (unassigned) their full points.

@@ -18,6 +18,8 @@ from .linear import linear_backward, linear_forward
 from .loss import log_softmax, softmax_cross_entropy
 from .mlp import erf, gelu_backward, gelu_forward, mlp_backward, mlp_forward
 from .patches import patchify, patchify_backward, patchify_forward, unpatchify
+from .pool import (ATTN_POOL_PARAMS, attn_pool_backward, attn_pool_forward, attn_pool_param_shapes,
+                   mean_pool_backward, mean_pool_forward, registers_backward, registers_forward)
 from .tokens import cls_backward, cls_forward, pos_backward, pos_forward, sincos_pos_embed
 
 SUPPORTS_QUERIES = False     # no n_queries=: attention_forward and block_forward compute every token
@@ -28,5 +30,7 @@ __all__ = ["attention_backward", "attention_forward", "merge_heads", "softmax", 
            "linear_backward", "linear_forward", "log_softmax", "softmax_cross_entropy", "erf",
            "gelu_backward", "gelu_forward", "mlp_backward", "mlp_forward", "patchify",
            "patchify_backward", "patchify_forward", "unpatchify", "cls_backward", "cls_forward",
-           "pos_backward", "pos_forward", "sincos_pos_embed"]
+           "pos_backward", "pos_forward", "sincos_pos_embed", "ATTN_POOL_PARAMS", "attn_pool_backward",
+           "attn_pool_forward", "attn_pool_param_shapes", "mean_pool_backward", "mean_pool_forward",
+           "registers_backward", "registers_forward"]
 from .box import *  # noqa: E402,F401,F403  (box head, L1 and GIoU losses, query pool: layers/box.py)
