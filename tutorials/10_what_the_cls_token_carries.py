@@ -26,13 +26,14 @@
 # 4. **registers** (Darcet et al., 2023): which tokens receive the attention,
 #    with and without extra tokens that nothing pools.
 #
-# Run: `python tutorials/10_what_the_cls_token_carries.py` from the repository
-# root. Full mode reuses what `tinyvit lr-grid` and `tinyvit registers` saved in
-# `runs/lr-grid/` and `runs/registers/` (or `$TINYVIT_LRGRID`,
-# `$TINYVIT_REGISTERS`), and trains what is missing there: up to 30 short runs
-# for the grid (minutes on two cores) and four models for sections 3 and 4.
-# `TINYVIT_QUICK=1`: tiny runs of one epoch, seconds (the numbers are then
-# noise). Figures go to `tutorials/figures/` or `$TINYVIT_FIGURES`.
+# Open it as a notebook or run it as a script; it needs tinyvit installed and
+# runs from any folder. Full mode reuses what `tinyvit lr-grid` and `tinyvit
+# registers` saved in `runs/lr-grid/` and `runs/registers/` under the current
+# folder (or `$TINYVIT_LRGRID`, `$TINYVIT_REGISTERS`), and trains what is missing
+# there: up to 30 short runs for the grid (a few minutes on two quiet cores) and
+# four models for sections 3 and 4. `TINYVIT_QUICK=1`: tiny runs of one epoch,
+# seconds (the numbers are then noise). Figures show inline and are saved to
+# `figures/` under the current folder (or `$TINYVIT_FIGURES`).
 
 # %%
 import os
@@ -40,11 +41,11 @@ from pathlib import Path
 
 import numpy as np
 
-from _setup import FIGURES, QUICK, show   # see tutorials/_setup.py
 from tinyvit import ViT, ViTConfig
 from tinyvit import layers as L
 from tinyvit import lrgrid, probes, registers
 from tinyvit.gradcheck import check_layer, numerical_vjp, rel_error
+from tinyvit.tutorial import FIGURES, QUICK, display_figure, show
 
 # %% [markdown]
 # ## 10.1 Five ways to turn tokens into one vector
@@ -130,9 +131,8 @@ cls_best = best["cls"]["lr"]
 at_cls_best = {r["pool"]: r for r in summary if r["lr"] == cls_best}
 print(f"at the CLS model's best learning rate {cls_best:g}: " + ", ".join(
     f"{p} {100 * r['mean']:.1f} %" for p, r in at_cls_best.items()))
-fig = lrgrid.plot_grid(results, "Held-out accuracy against learning rate, per pooling")
-fig.savefig(FIGURES / "10_lr_grid.png", dpi=100)
-print("saved", FIGURES / "10_lr_grid.png")
+display_figure(lrgrid.plot_grid(results, "Held-out accuracy against learning rate, per pooling"),
+               "10_lr_grid.png")
 
 # %% [markdown]
 # ## 10.3 Probes: where the class lives, block by block
@@ -166,9 +166,8 @@ for name in ("cls_reg0", "mean_reg0"):
     acc[name] = probes.run_probes(models[name][0], probe_train, y_train, probe_test, y_test)
     print(f"\n{name}: held-out probe accuracy (%) after each stage")
     print(probes.format_probes(acc[name]))
-    fig = probes.plot_probes(acc[name], 1 / 6, f"Linear probes, pool={name.split('_')[0]} model")
-    fig.savefig(FIGURES / f"10_probes_{name.split('_')[0]}.png", dpi=100)
-print("saved", FIGURES / "10_probes_cls.png", "and", FIGURES / "10_probes_mean.png")
+    display_figure(probes.plot_probes(acc[name], 1 / 6, f"Linear probes, pool={name.split('_')[0]} model"),
+                   f"10_probes_{name.split('_')[0]}.png")
 
 # %% [markdown]
 # Compare the last row of the two tables: in the CLS model, is one patch token
@@ -187,9 +186,8 @@ for kind in ("cls", "patch"):
     ratio = np.array(norms[kind]["stream"]) / (np.array(norms[kind]["attn"]) + np.array(norms[kind]["mlp"]))
     print(f"{kind}: stream norm / (attention + MLP branch norms) per block:",
           " ".join(f"{r:.2f}" for r in ratio))
-fig = probes.plot_norms(norms, "pool=cls model: residual stream and branches per block")
-fig.savefig(FIGURES / "10_norms_cls.png", dpi=100)
-print("saved", FIGURES / "10_norms_cls.png")
+display_figure(probes.plot_norms(norms, "pool=cls model: residual stream and branches per block"),
+               "10_norms_cls.png")
 
 # %% [markdown]
 # ## 10.4 Registers and attention sinks
@@ -211,14 +209,14 @@ for name, r in rows.items():
              f"busiest patch {100 * last['to_patch_max']:.1f} %"]
     print(f"{name}, last block, uniform {100 * last['uniform']:.1f} % per token: "
           + ", ".join(s for s in sinks if s))
-fig = registers.plot_received(diags)
-fig.savefig(FIGURES / "10_register_attention.png", dpi=90)
-fig = registers.plot_norms(diags)
-fig.savefig(FIGURES / "10_register_norms.png", dpi=90)
-print("saved", FIGURES / "10_register_attention.png", "and", FIGURES / "10_register_norms.png")
+display_figure(registers.plot_received(diags), "10_register_attention.png")
+display_figure(registers.plot_norms(diags), "10_register_norms.png")
 
 # %% [markdown]
 # ## Exercises
+#
+# Worked solutions, each checked by its own code: `solutions/10_solutions.py`
+# (a teacher can leave that folder out of what students get).
 #
 # 1. Add `attn` and `mean_with_cls` to the grid (`tinyvit lr-grid --pools cls
 #    mean attn mean_with_cls`). Where does the attention pool's best learning
