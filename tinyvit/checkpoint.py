@@ -237,6 +237,23 @@ def is_checkpoint(path) -> bool:
         return False
 
 
+def _check_format(npz: NpzReader, path) -> None:
+    """The tinyvit marker, this format version and every required entry, or CheckpointError."""
+    files = set(npz.files)
+    if "format" not in files or _text(npz, "format", path) != FORMAT:
+        raise CheckpointError(f"{path}: not a tinyvit checkpoint (no '{FORMAT}' marker); "
+                              "Google ViT / timm .npz files work with 'tinyvit predict' through tinyvit.interop")
+    version = _int(npz, "format_version", path) if "format_version" in files else -1
+    if version != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format version {version}, but this tinyvit "
+                              f"reads version {FORMAT_VERSION}")
+    required = ["model_config", "train_config", "meta", "history", "state/epoch",
+                "state/batch", "state/step", "rng/seed"]
+    missing = [k for k in required if k not in files]
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint is missing entries {missing}")
+
+
 def load_checkpoint(path) -> Checkpoint:
     """Read a checkpoint written by ``save_checkpoint``.
 
@@ -255,19 +272,7 @@ def load_checkpoint(path) -> Checkpoint:
         raise CheckpointError(str(e)) from e
     try:
         with npz:
-            files = set(npz.files)
-            if "format" not in files or _text(npz, "format", path) != FORMAT:
-                raise CheckpointError(f"{path}: not a tinyvit checkpoint (no '{FORMAT}' marker); "
-                                      "Google ViT / timm .npz files work with 'tinyvit predict' through tinyvit.interop")
-            version = _int(npz, "format_version", path) if "format_version" in files else -1
-            if version != FORMAT_VERSION:
-                raise CheckpointError(f"{path}: checkpoint format version {version}, but this tinyvit "
-                                      f"reads version {FORMAT_VERSION}")
-            required = ["model_config", "train_config", "meta", "history", "state/epoch",
-                        "state/batch", "state/step", "rng/seed"]
-            missing = [k for k in required if k not in files]
-            if missing:
-                raise CheckpointError(f"{path}: checkpoint is missing entries {missing}")
+            _check_format(npz, path)
             try:
                 config = ViTConfig.from_dict(_json(npz, "model_config", path, nullable=False))
             except (TypeError, ValueError) as e:

@@ -92,24 +92,9 @@ def load_dataset(name: str, data_dir=DEFAULT_DATA_DIR, download: bool = True, *,
     data_dir = Path(data_dir)
 
     if key == "shapes":
-        n_train = check_int("n_train", n_train, minimum=1)
-        n_test = check_int("n_test", n_test, minimum=1)
-        size = 32 if image_size is None else check_int("image_size", image_size, minimum=8)
-        full = make_shapes(n_train + n_test, image_size=size, seed=seed)
-        idx = np.arange(n_train + n_test)
-        return full.subset(idx[:n_train], f"shapes{size}/train"), full.subset(idx[n_train:], f"shapes{size}/test")
-
+        return _load_shapes(n_train, n_test, image_size, seed)
     if key in ("mnist", "fashion-mnist"):
-        kind = "mnist" if key == "mnist" else "fashion"
-        try:
-            folder = fetch(key, data_dir, download_missing=download)
-        except (FileNotFoundError, DownloadError) as e:
-            hint = ""
-            if key == "mnist" and _idx_path(data_dir / "mnist", "test", "images").is_file():
-                hint = ("\nOnly the test files are present: load_dataset('mnist-test-split', ...) trains on "
-                        "8,000 of them and holds out 2,000.")
-            raise type(e)(f"{e}{hint}") from e
-        return load_mnist(folder, "train", kind), load_mnist(folder, "test", kind)
+        return _load_mnist_family(key, data_dir, download)
 
     if key == "mnist-test-split":
         folder = fetch("mnist", data_dir, download_missing=download,
@@ -128,9 +113,37 @@ def load_dataset(name: str, data_dir=DEFAULT_DATA_DIR, download: bool = True, *,
         full = load_uci_digits(folder / "digits.csv.gz" if (folder / "digits.csv.gz").is_file() else folder)
         return train_val_split(full, val_fraction=val_fraction, seed=seed)
 
-    # folder
-    base = Path(root) if root is not None else data_dir
-    size = 32 if image_size is None else image_size
+    return _load_folder(Path(root) if root is not None else data_dir,
+                        32 if image_size is None else image_size, channels, val_fraction, seed)
+
+
+def _load_shapes(n_train, n_test, image_size, seed: int):
+    """The built-in shapes: n_train + n_test images drawn with ``seed``, split in that order."""
+    n_train = check_int("n_train", n_train, minimum=1)
+    n_test = check_int("n_test", n_test, minimum=1)
+    size = 32 if image_size is None else check_int("image_size", image_size, minimum=8)
+    full = make_shapes(n_train + n_test, image_size=size, seed=seed)
+    idx = np.arange(n_train + n_test)
+    return full.subset(idx[:n_train], f"shapes{size}/train"), full.subset(idx[n_train:], f"shapes{size}/test")
+
+
+def _load_mnist_family(key: str, data_dir: Path, download: bool):
+    """MNIST or Fashion-MNIST, train and test files (fetched if allowed); a missing training
+    part with the test files present points to mnist-test-split."""
+    kind = "mnist" if key == "mnist" else "fashion"
+    try:
+        folder = fetch(key, data_dir, download_missing=download)
+    except (FileNotFoundError, DownloadError) as e:
+        hint = ""
+        if key == "mnist" and _idx_path(data_dir / "mnist", "test", "images").is_file():
+            hint = ("\nOnly the test files are present: load_dataset('mnist-test-split', ...) trains on "
+                    "8,000 of them and holds out 2,000.")
+        raise type(e)(f"{e}{hint}") from e
+    return load_mnist(folder, "train", kind), load_mnist(folder, "test", kind)
+
+
+def _load_folder(base: Path, size, channels: int, val_fraction: float, seed: int):
+    """An image folder: base/train and base/test if both exist, else one folder split with seed."""
     if (base / "train").is_dir() and (base / "test").is_dir():
         train = load_image_folder(base / "train", size, channels, name=f"folder:{base.name}/train")
         test = load_image_folder(base / "test", size, channels, name=f"folder:{base.name}/test")
