@@ -156,6 +156,17 @@ def make_shapes(n: int = SHAPES_N_TRAIN, image_size: int = 32, seed: int = 0, *,
     cx = rng.uniform(radius, S - radius)                              # centre keeps the shape inside
     cy = rng.uniform(radius, S - radius)
     angle = np.deg2rad(rng.uniform(-max_rot, max_rot, size=n))
+    bg, fg = _contrasting_colours(rng, n, min_contrast)              # (n, 3) each
+    kinds = [classes[k] for k in labels]
+    cover = _draw_coverages(kinds, cx, cy, radius, angle, S, ss)     # (n, S, S) 0..255
+    images = _blend(cover, bg, fg, noise, rng)                        # (n, S, S, 3)
+    masks = cover >= 128
+    return ImageDataset(images, labels, list(classes), masks, name=f"shapes{S}")
+
+
+def _contrasting_colours(rng, n: int, min_contrast: float):
+    """Background and foreground colours (n, 3) each, redrawn until their brightness differs
+    by at least min_contrast (Y = 0.299 R + 0.587 G + 0.114 B)."""
     bg = rng.uniform(0.0, 1.0, size=(n, 3))
     fg = rng.uniform(0.0, 1.0, size=(n, 3))
     luma = np.array([0.299, 0.587, 0.114])                           # brightness of an RGB colour
@@ -166,12 +177,13 @@ def make_shapes(n: int = SHAPES_N_TRAIN, image_size: int = 32, seed: int = 0, *,
         k = int(low.sum())
         bg[low] = rng.uniform(0.0, 1.0, size=(k, 3))
         fg[low] = rng.uniform(0.0, 1.0, size=(k, 3))
+    return bg, fg
 
-    kinds = [classes[k] for k in labels]
-    cover = _draw_coverages(kinds, cx, cy, radius, angle, S, ss)     # (n, S, S) 0..255
 
-    # Blend colours by coverage and add noise, a chunk of images at a time so the
-    # temporaries stay small: image = bg + alpha * (fg - bg) + noise * N(0, 1).
+def _blend(cover, bg, fg, noise: float, rng) -> np.ndarray:
+    """Colours blended by coverage plus noise, a chunk of images at a time so the temporaries
+    stay small: image = bg + alpha * (fg - bg) + noise * N(0, 1), clipped to [0, 1]."""
+    n, S = cover.shape[0], cover.shape[1]
     images = np.empty((n, S, S, 3), dtype=np.float32)                 # (n, S, S, 3)
     bg32 = bg.astype(np.float32)[:, None, None, :]                    # (n, 1, 1, 3)
     diff32 = (fg - bg).astype(np.float32)[:, None, None, :]
@@ -188,5 +200,4 @@ def make_shapes(n: int = SHAPES_N_TRAIN, image_size: int = 32, seed: int = 0, *,
             z *= np.float32(noise)
             out += z
         np.clip(out, 0.0, 1.0, out=out)
-    masks = cover >= 128
-    return ImageDataset(images, labels, list(classes), masks, name=f"shapes{S}")
+    return images
