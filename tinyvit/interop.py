@@ -495,11 +495,11 @@ def save_google_vit(model: ViT, path) -> None:
     _save_npz(google_arrays(model), path)
 
 
-def _load_google(path_or_dict, image_size=None, *, pool="cls", gelu="exact", dtype="float32",
-                 pos_embed="learned", checkpoint_grid=None, resample=DEFAULT_RESAMPLE):
-    dtype = _check_options(pool, gelu, pos_embed, dtype, resample)
-    raw = _read_arrays(path_or_dict, "checkpoint")
-    fmt = "Google ViT"
+def _google_unprefixed(raw: dict):
+    """A Google checkpoint's arrays without the "opt/target/" prefix of the training state
+    (when it has one) -> (arrays, prefix, ignored keys, notes). Arrays outside the prefix keep
+    their name behind a NUL (reported as unexpected, without it); optimizer state and the
+    GOOGLE_IGNORED arrays are left out and listed."""
     prefix = GOOGLE_PREFIX if any(k.startswith(GOOGLE_PREFIX) for k in raw) else ""
     notes, ignored = [], []
     arrays = {}
@@ -515,15 +515,42 @@ def _load_google(path_or_dict, image_size=None, *, pool="cls", gelu="exact", dty
             ignored.append(k)
             continue
         arrays[name] = v
-    show = lambda k: k[1:] if k.startswith("\0") else prefix + k
     if any(k.startswith(prefix + "pre_logits/") for k in ignored):
         msg = ("pre_logits (a Dense + tanh layer between the encoder and the head in some "
                "ImageNet-21k checkpoints) ignored: tinyvit has no such layer, so the head reads "
                "the encoder output directly and its logits differ from the original model's")
         notes.append(msg)
-        warnings.warn(msg, stacklevel=3)
+        warnings.warn(msg, stacklevel=4)
     if any(k.startswith("opt/") and not k.startswith(GOOGLE_PREFIX) for k in ignored):
         notes.append("optimizer state (opt/... outside opt/target/) ignored")
+    return arrays, prefix, ignored, notes
+
+
+def _google_block_params(a: dict, i: int, D: int) -> dict:
+    """Block i's parameters under tinyvit's names, from a Google checkpoint's arrays."""
+    t, b = f"blocks.{i}.", f"Transformer/encoderblock_{i}/"
+    m = b + _MHA + "/"
+    p = {t + "norm1.gamma": a[b + "LayerNorm_0/scale"], t + "norm1.beta": a[b + "LayerNorm_0/bias"]}
+    # (D, h, d) -> (D, h*d): head j in columns j*d .. j*d+d-1, then [q | k | v]
+    p[t + "attn.qkv.W"] = np.concatenate([a[m + n + "/kernel"].reshape(D, D)
+                                          for n in ("query", "key", "value")], axis=1)
+    p[t + "attn.qkv.b"] = np.concatenate([a[m + n + "/bias"].reshape(D)
+                                          for n in ("query", "key", "value")])
+    p[t + "attn.proj.W"] = a[m + "out/kernel"].reshape(D, D)               # (h, d, D) -> (h*d, D)
+    p[t + "attn.proj.b"] = a[m + "out/bias"]
+    p[t + "norm2.gamma"], p[t + "norm2.beta"] = a[b + "LayerNorm_2/scale"], a[b + "LayerNorm_2/bias"]
+    p[t + "mlp.fc1.W"], p[t + "mlp.fc1.b"] = a[b + "MlpBlock_3/Dense_0/kernel"], a[b + "MlpBlock_3/Dense_0/bias"]
+    p[t + "mlp.fc2.W"], p[t + "mlp.fc2.b"] = a[b + "MlpBlock_3/Dense_1/kernel"], a[b + "MlpBlock_3/Dense_1/bias"]
+    return p
+
+
+def _load_google(path_or_dict, image_size=None, *, pool="cls", gelu="exact", dtype="float32",
+                 pos_embed="learned", checkpoint_grid=None, resample=DEFAULT_RESAMPLE):
+    dtype = _check_options(pool, gelu, pos_embed, dtype, resample)
+    raw = _read_arrays(path_or_dict, "checkpoint")
+    fmt = "Google ViT"
+    arrays, prefix, ignored, notes = _google_unprefixed(raw)
+    show = lambda k: k[1:] if k.startswith("\0") else prefix + k
 
     blk0 = "Transformer/encoderblock_0/"
     need = ["embedding/kernel", blk0 + _MHA + "/query/kernel",
@@ -555,19 +582,7 @@ def _load_google(path_or_dict, image_size=None, *, pool="cls", gelu="exact", dty
     if pos is not None:
         p["pos_embed"] = pos
     for i in range(depth):
-        t, b = f"blocks.{i}.", f"Transformer/encoderblock_{i}/"
-        m = b + _MHA + "/"
-        p[t + "norm1.gamma"], p[t + "norm1.beta"] = a[b + "LayerNorm_0/scale"], a[b + "LayerNorm_0/bias"]
-        # (D, h, d) -> (D, h*d): head j in columns j*d .. j*d+d-1, then [q | k | v]
-        p[t + "attn.qkv.W"] = np.concatenate([a[m + n + "/kernel"].reshape(D, D)
-                                              for n in ("query", "key", "value")], axis=1)
-        p[t + "attn.qkv.b"] = np.concatenate([a[m + n + "/bias"].reshape(D)
-                                              for n in ("query", "key", "value")])
-        p[t + "attn.proj.W"] = a[m + "out/kernel"].reshape(D, D)           # (h, d, D) -> (h*d, D)
-        p[t + "attn.proj.b"] = a[m + "out/bias"]
-        p[t + "norm2.gamma"], p[t + "norm2.beta"] = a[b + "LayerNorm_2/scale"], a[b + "LayerNorm_2/bias"]
-        p[t + "mlp.fc1.W"], p[t + "mlp.fc1.b"] = a[b + "MlpBlock_3/Dense_0/kernel"], a[b + "MlpBlock_3/Dense_0/bias"]
-        p[t + "mlp.fc2.W"], p[t + "mlp.fc2.b"] = a[b + "MlpBlock_3/Dense_1/kernel"], a[b + "MlpBlock_3/Dense_1/bias"]
+        p.update(_google_block_params(a, i, D))
     p["norm.gamma"], p["norm.beta"] = a["Transformer/encoder_norm/scale"], a["Transformer/encoder_norm/bias"]
     p["head.W"], p["head.b"] = a["head/kernel"], a["head/bias"]
     cfg_kw = dict(image_size=size, in_channels=C, patch_size=P, dim=D, depth=depth, heads=h,
